@@ -1,0 +1,144 @@
+//! What happens to one delivery: parse, invalidate, decide, settle.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::backoff::Backoff;
+use super::stats::{Settled, Stats};
+use crate::event::{Event, EventKind, EventParser};
+use crate::invalidator::{InvalidationError, Invalidator, Outcome};
+use crate::source::{DeadLetterReason, Delivery, DeliveryToken, EventSource, Settlement};
+
+pub(super) struct Worker {
+    pub(super) source: Arc<dyn EventSource>,
+    pub(super) invalidator: Arc<dyn Invalidator>,
+    pub(super) stats: Arc<Stats>,
+    pub(super) parser: EventParser,
+    pub(super) max_attempts: u32,
+    pub(super) retry_backoff: Backoff,
+    /// Graceful shutdown began: stop waiting out retry backoffs.
+    pub(super) shutdown: CancellationToken,
+    /// The shutdown deadline passed: stop invalidating and abandon.
+    pub(super) deadline_passed: CancellationToken,
+}
+
+impl Worker {
+    pub(super) async fn process(&self, delivery: Delivery) {
+        let span = tracing::info_span!(
+            "delivery",
+            message_id = delivery.message_id.as_deref().unwrap_or(""),
+            delivery_count = delivery.delivery_count,
+            event_id = tracing::field::Empty,
+            vault = tracing::field::Empty,
+            secret = tracing::field::Empty,
+        );
+        async {
+            let started = Instant::now();
+            let (settlement, settled) = self.decide(&delivery).await;
+            self.stats.settled(settled, started.elapsed());
+            match &settlement {
+                Settlement::Complete => tracing::debug!("completing"),
+                Settlement::Abandon => tracing::info!("abandoning; the delivery will come back"),
+                Settlement::DeadLetter { reason, description } => {
+                    tracing::warn!(reason = %reason, description = %description, "dead-lettering")
+                }
+            }
+            self.settle_now(delivery.token, settlement).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(super) async fn settle_now(&self, token: DeliveryToken, settlement: Settlement) {
+        if let Err(error) = self.source.settle(token, settlement).await {
+            self.stats.settle_error();
+            tracing::warn!(%error, "settling failed; the transport will redeliver the message");
+        }
+    }
+
+    async fn decide(&self, delivery: &Delivery) -> (Settlement, Settled) {
+        let events = match self.parser.parse(&delivery.body) {
+            Ok(events) => events,
+            Err(error) => {
+                return dead_letter(DeadLetterReason::MalformedPayload, error.to_string());
+            }
+        };
+        self.stats.events(events.len());
+        for event in &events {
+            record_event(event);
+            if let Some(age) = event.time.and_then(|time| (chrono::Utc::now() - time).to_std().ok()) {
+                self.stats.event_age(age);
+            }
+            let handled = tokio::select! {
+                biased;
+                _ = self.deadline_passed.cancelled() => {
+                    return (Settlement::Abandon, Settled::Abandoned);
+                }
+                handled = AssertUnwindSafe(self.invalidator.handle(event)).catch_unwind() => handled,
+            };
+            let failure = match handled {
+                Ok(Ok(Outcome::Invalidated { keys })) => {
+                    self.stats.invalidated();
+                    tracing::info!(keys = ?keys, "invalidated");
+                    continue;
+                }
+                Ok(Ok(Outcome::Ignored(reason))) => {
+                    self.stats.ignored();
+                    tracing::debug!(%reason, "ignored");
+                    continue;
+                }
+                Ok(Err(error)) => error,
+                // A panicking invalidator must not lose the delivery: treat it as a failure
+                // that may pass.
+                Err(_) => InvalidationError::retryable("the invalidator panicked"),
+            };
+            return self.after_failure(delivery, failure).await;
+        }
+        (Settlement::Complete, Settled::Completed)
+    }
+
+    async fn after_failure(&self, delivery: &Delivery, error: InvalidationError) -> (Settlement, Settled) {
+        if !error.retryable {
+            return dead_letter(DeadLetterReason::InvalidationRejected, error.to_string());
+        }
+        let attempt = delivery.delivery_count.max(1);
+        if attempt >= self.max_attempts {
+            return dead_letter(
+                DeadLetterReason::MaxAttemptsExceeded,
+                format!("invalidation failed on all {attempt} attempts; last error: {error}"),
+            );
+        }
+        let pause = self.retry_backoff.delay(attempt);
+        tracing::warn!(%error, attempt, pause_ms = pause.as_millis() as u64, "invalidation failed; abandoning after a pause so it is retried");
+        // Waiting before the abandon (rather than after) is what spaces the retries: the
+        // transport redelivers as soon as it is abandoned.
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+        (Settlement::Abandon, Settled::Abandoned)
+    }
+}
+
+fn dead_letter(reason: DeadLetterReason, description: String) -> (Settlement, Settled) {
+    (
+        Settlement::dead_letter(reason, description),
+        Settled::DeadLettered(reason),
+    )
+}
+
+fn record_event(event: &Event) {
+    let span = tracing::Span::current();
+    span.record("event_id", event.id.as_str());
+    if let EventKind::KeyVault(kv) = &event.kind {
+        span.record("secret", kv.name.as_str());
+        if let Some(vault) = &kv.vault {
+            span.record("vault", vault.as_str());
+        }
+    }
+}

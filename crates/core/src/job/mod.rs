@@ -1,0 +1,280 @@
+//! The job engine: receive deliveries, parse them, invalidate, settle.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use keyvault_invalidator_core::{Job, KeyVaultInvalidator};
+//! # use keyvault_invalidator_core::{SecretCache, CacheError, EventSource, Delivery, DeliveryToken, Settlement, SourceError};
+//! # struct NoCache;
+//! # #[async_trait::async_trait]
+//! # impl SecretCache for NoCache { async fn invalidate(&self, _: &str) -> Result<(), CacheError> { Ok(()) } }
+//! # struct Idle;
+//! # #[async_trait::async_trait]
+//! # impl EventSource for Idle {
+//! #     async fn receive(&self, _: usize) -> Result<Vec<Delivery>, SourceError> { std::future::pending().await }
+//! #     async fn settle(&self, _: DeliveryToken, _: Settlement) -> Result<(), SourceError> { Ok(()) }
+//! #     async fn close(&self) -> Result<(), SourceError> { Ok(()) }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (source, cache) = (Idle, Arc::new(NoCache));
+//! let job = Job::builder(source, KeyVaultInvalidator::new(cache))
+//!     .concurrency(8)
+//!     .max_attempts(10)
+//!     .spawn();
+//! // ... the application runs ...
+//! let stats = job.shutdown().await?;
+//! assert_eq!(stats.received, 0);
+//! # Ok(()) }
+//! ```
+
+mod backoff;
+mod delivery;
+mod run;
+mod stats;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use backoff::Backoff;
+pub use stats::{names as metric_names, StatsSnapshot};
+
+use crate::event::EventParser;
+use crate::invalidator::Invalidator;
+use crate::source::{EventSource, SourceError};
+use stats::Stats;
+
+/// Entry point of the job engine; see [`Job::builder`].
+#[derive(Debug)]
+pub struct Job;
+
+impl Job {
+    /// Starts configuring a job that feeds `source`'s deliveries to `invalidator`.
+    pub fn builder<S, I>(source: S, invalidator: I) -> JobBuilder
+    where
+        S: EventSource + 'static,
+        I: Invalidator + 'static,
+    {
+        JobBuilder {
+            source: Arc::new(source),
+            invalidator: Arc::new(invalidator),
+            options: JobOptions::default(),
+            cancellation: CancellationToken::new(),
+        }
+    }
+}
+
+/// The job's settings. Every field has a default suited to Key Vault rotations.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// A name for logs and the `job` metric label. Default `keyvault-invalidator`.
+    pub name: String,
+    /// Deliveries processed at once; also the most a single `receive` asks for. Default 8.
+    pub concurrency: usize,
+    /// Deliveries of one message before a failing invalidation is dead-lettered. Default 10.
+    pub max_attempts: u32,
+    /// The wait before abandoning a delivery whose invalidation failed, by delivery count.
+    /// Default 1 s doubling to 30 s (below Service Bus's 60 s lock).
+    pub retry_backoff: Backoff,
+    /// The wait after a failed `receive`, by consecutive failures. Default 100 ms to 30 s.
+    pub receive_backoff: Backoff,
+    /// How long shutdown waits for in-flight deliveries before abandoning them. Default 30 s.
+    pub shutdown_deadline: Duration,
+    /// The payload parser and its limits.
+    pub parser: EventParser,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            name: "keyvault-invalidator".to_owned(),
+            concurrency: 8,
+            max_attempts: 10,
+            retry_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            receive_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            shutdown_deadline: Duration::from_secs(30),
+            parser: EventParser::default(),
+        }
+    }
+}
+
+/// Configures and spawns a job.
+pub struct JobBuilder {
+    source: Arc<dyn EventSource>,
+    invalidator: Arc<dyn Invalidator>,
+    options: JobOptions,
+    cancellation: CancellationToken,
+}
+
+impl JobBuilder {
+    /// Replaces every option at once.
+    pub fn options(mut self, options: JobOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// See [`JobOptions::name`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options.name = name.into();
+        self
+    }
+
+    /// See [`JobOptions::concurrency`]. Values below 1 are taken as 1.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.options.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// See [`JobOptions::max_attempts`]. Values below 1 are taken as 1.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.options.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// See [`JobOptions::retry_backoff`].
+    pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.options.retry_backoff = backoff;
+        self
+    }
+
+    /// See [`JobOptions::receive_backoff`].
+    pub fn receive_backoff(mut self, backoff: Backoff) -> Self {
+        self.options.receive_backoff = backoff;
+        self
+    }
+
+    /// See [`JobOptions::shutdown_deadline`].
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.options.shutdown_deadline = deadline;
+        self
+    }
+
+    /// See [`JobOptions::parser`].
+    pub fn parser(mut self, parser: EventParser) -> Self {
+        self.options.parser = parser;
+        self
+    }
+
+    /// Stops the job when this token is cancelled (for example the application's own shutdown
+    /// token). [`JobHandle::shutdown`] cancels it too.
+    pub fn cancellation_token(mut self, token: CancellationToken) -> Self {
+        self.cancellation = token;
+        self
+    }
+
+    /// Starts the job on the current Tokio runtime.
+    ///
+    /// Metric handles are registered now: install a `metrics` recorder before calling this.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn spawn(self) -> JobHandle {
+        let mut options = self.options;
+        options.concurrency = options.concurrency.max(1);
+        options.max_attempts = options.max_attempts.max(1);
+        let stats = Arc::new(Stats::new(&options.name));
+        let state = Arc::new(Mutex::new(JobState::Running));
+        let engine = run::Engine {
+            source: self.source,
+            invalidator: self.invalidator,
+            options,
+            stats: stats.clone(),
+            state: state.clone(),
+            shutdown: self.cancellation.clone(),
+        };
+        let task = tokio::spawn(engine.run());
+        JobHandle {
+            task,
+            stats,
+            state,
+            cancellation: self.cancellation,
+        }
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Receiving and processing.
+    Running,
+    /// Finishing in-flight deliveries.
+    ShuttingDown,
+    /// Stopped after a shutdown.
+    Stopped,
+    /// Stopped by an error it could not recover from (the message).
+    Failed(String),
+}
+
+/// Why a job stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The source reported a fatal error (credentials that stay bad, an entity that is gone).
+    #[error("the event source failed: {0}")]
+    Source(#[source] SourceError),
+    /// The job's task panicked or was aborted.
+    #[error("the job task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// Controls a running job.
+pub struct JobHandle {
+    task: JoinHandle<Result<(), JobError>>,
+    stats: Arc<Stats>,
+    state: Arc<Mutex<JobState>>,
+    cancellation: CancellationToken,
+}
+
+impl JobHandle {
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Where the job is in its life; a fatal error shows here as soon as it happens.
+    pub fn state(&self) -> JobState {
+        lock(&self.state).clone()
+    }
+
+    /// The token that stops the job.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.cancellation
+    }
+
+    /// Whether the job has stopped (shut down, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops receiving, lets in-flight deliveries finish within the shutdown deadline, abandons
+    /// the rest, closes the source, and returns the final counters, or the error that had
+    /// already stopped the job.
+    pub async fn shutdown(self) -> Result<StatsSnapshot, JobError> {
+        self.cancellation.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the job stops by itself (a fatal error, or its token cancelled elsewhere).
+    pub async fn wait(self) -> Result<StatsSnapshot, JobError> {
+        match self.task.await {
+            Ok(Ok(())) => Ok(self.stats.snapshot()),
+            Ok(Err(error)) => Err(error),
+            Err(join_error) => Err(JobError::Task(join_error.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Debug for JobHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("state", &self.state())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The state is a plain value: a panic while holding the lock cannot leave it half-written.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

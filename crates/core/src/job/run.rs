@@ -1,0 +1,162 @@
+//! The receive loop and shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::Worker;
+use super::stats::Stats;
+use super::{lock, JobError, JobOptions, JobState};
+use crate::invalidator::Invalidator;
+use crate::source::{EventSource, Settlement, SourceErrorKind};
+
+/// After the shutdown deadline, how long abandoning the stragglers may take before their tasks
+/// are aborted (their deliveries then come back when the transport's lock expires).
+const ABANDON_GRACE: Duration = Duration::from_secs(5);
+
+pub(super) struct Engine {
+    pub(super) source: Arc<dyn EventSource>,
+    pub(super) invalidator: Arc<dyn Invalidator>,
+    pub(super) options: JobOptions,
+    pub(super) stats: Arc<Stats>,
+    pub(super) state: Arc<Mutex<JobState>>,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Engine {
+    pub(super) async fn run(self) -> Result<(), JobError> {
+        let deadline_passed = CancellationToken::new();
+        let worker = Arc::new(Worker {
+            source: self.source.clone(),
+            invalidator: self.invalidator.clone(),
+            stats: self.stats.clone(),
+            parser: self.options.parser,
+            max_attempts: self.options.max_attempts,
+            retry_backoff: self.options.retry_backoff,
+            shutdown: self.shutdown.clone(),
+            deadline_passed: deadline_passed.clone(),
+        });
+        tracing::info!(job = %self.options.name, concurrency = self.options.concurrency, "invalidation job started");
+
+        let mut tasks = JoinSet::new();
+        let result = self.receive_loop(&worker, &mut tasks).await;
+
+        *lock(&self.state) = JobState::ShuttingDown;
+        let in_flight = tasks.len();
+        let drained = tokio::time::timeout(self.options.shutdown_deadline, drain(&mut tasks)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = tasks.len(),
+                in_flight,
+                "shutdown deadline passed: abandoning deliveries still in flight"
+            );
+            deadline_passed.cancel();
+            if tokio::time::timeout(ABANDON_GRACE, drain(&mut tasks)).await.is_err() {
+                tasks.abort_all();
+                drain(&mut tasks).await;
+            }
+        }
+        if let Err(error) = self.source.close().await {
+            tracing::warn!(%error, "closing the event source failed");
+        }
+
+        let final_state = match &result {
+            Ok(()) => JobState::Stopped,
+            Err(error) => JobState::Failed(error.to_string()),
+        };
+        tracing::info!(job = %self.options.name, state = ?final_state, stats = ?self.stats.snapshot(), "invalidation job stopped");
+        *lock(&self.state) = final_state;
+        result
+    }
+
+    async fn receive_loop(&self, worker: &Arc<Worker>, tasks: &mut JoinSet<()>) -> Result<(), JobError> {
+        let concurrency = self.options.concurrency;
+        // Every delivery holds a permit from receipt to settlement, so at most `concurrency`
+        // deliveries are in memory whatever the backlog.
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let mut consecutive_failures = 0u32;
+        loop {
+            while let Some(joined) = tasks.try_join_next() {
+                report_task_end(joined);
+            }
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(()),
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let mut batch_permits = vec![first];
+            while batch_permits.len() < concurrency {
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => batch_permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+
+            let received = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(()),
+                received = self.source.receive(batch_permits.len()) => received,
+            };
+            match received {
+                Ok(deliveries) => {
+                    consecutive_failures = 0;
+                    self.stats.received(deliveries.len());
+                    let mut permits = batch_permits.into_iter();
+                    for delivery in deliveries {
+                        match permits.next() {
+                            Some(permit) => {
+                                let worker = worker.clone();
+                                tasks.spawn(async move {
+                                    worker.process(delivery).await;
+                                    drop(permit);
+                                });
+                            }
+                            None => {
+                                // The source broke its contract; keep the memory bound and let
+                                // the delivery come back.
+                                tracing::error!(message_id = ?delivery.message_id, "the source returned more deliveries than asked for; abandoning the extra one");
+                                worker.settle_now(delivery.token, Settlement::Abandon).await;
+                            }
+                        }
+                    }
+                }
+                Err(error) => match error.kind {
+                    SourceErrorKind::Fatal => {
+                        self.stats.receive_error();
+                        tracing::error!(%error, "the event source failed fatally; the job stops");
+                        *lock(&self.state) = JobState::Failed(error.to_string());
+                        return Err(JobError::Source(error));
+                    }
+                    SourceErrorKind::Closed if self.shutdown.is_cancelled() => return Ok(()),
+                    _ => {
+                        self.stats.receive_error();
+                        consecutive_failures = consecutive_failures.saturating_add(1);
+                        let pause = self.options.receive_backoff.delay(consecutive_failures);
+                        tracing::warn!(%error, consecutive_failures, pause_ms = pause.as_millis() as u64, "receiving failed; retrying after a pause");
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn drain(tasks: &mut JoinSet<()>) {
+    while let Some(joined) = tasks.join_next().await {
+        report_task_end(joined);
+    }
+}
+
+fn report_task_end(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        if error.is_panic() {
+            tracing::error!("a delivery task panicked outside the invalidator; its delivery comes back when the transport's lock expires");
+        }
+    }
+}

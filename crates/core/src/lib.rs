@@ -1,0 +1,46 @@
+//! The core of keyvault-invalidator: the traits adapters implement, the Key Vault event model and
+//! its tolerant parser, the default invalidator, and the job engine. No transport code lives
+//! here.
+//!
+//! - [`EventSource`]: a transport handing out deliveries (Service Bus, RabbitMQ, in-memory).
+//! - [`SecretCache`]: what the job changes.
+//! - [`Invalidator`]: what an event means for the cache; [`KeyVaultInvalidator`] is the default.
+//! - [`SecretProvider`]: where secret values come from.
+//! - [`event::parse_events`]: message bytes to typed [`Event`]s.
+//! - [`Job`]: the background job tying a source to an invalidator.
+//!
+//! # Delivery semantics
+//! - Well-formed events that do not concern the job are completed and counted as ignored.
+//! - A payload that cannot be parsed is dead-lettered at once (`MalformedPayload`), with the
+//!   parse error as the description.
+//! - A failed invalidation that may pass is retried: the job waits (exponential backoff with
+//!   jitter, by delivery count) and abandons, so the transport redelivers; after `max_attempts`
+//!   deliveries it dead-letters (`MaxAttemptsExceeded`). One that cannot pass is dead-lettered at
+//!   once (`InvalidationRejected`).
+//! - A delivery is settled only after the invalidator returned: at least once, never lost.
+#![warn(missing_docs)]
+
+mod cache;
+pub mod event;
+mod invalidator;
+pub mod job;
+mod keyvault;
+mod provider;
+mod source;
+
+pub use cache::{CacheError, SecretCache};
+pub use event::{parse_events, Event, EventKind, KeyVaultEvent, KeyVaultEventType, ParseError};
+pub use invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
+pub use job::{Backoff, Job, JobBuilder, JobError, JobHandle, JobOptions, JobState, StatsSnapshot};
+pub use keyvault::{KeyVaultInvalidator, KeyVaultInvalidatorBuilder, NameMapping};
+pub use provider::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
+pub use source::{
+    DeadLetterReason, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
+    SourceErrorKind,
+};
+
+/// Re-exported so adapters and applications name the same versions.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use secrecy;
+pub use tokio_util::sync::CancellationToken;

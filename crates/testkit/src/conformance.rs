@@ -1,0 +1,261 @@
+//! The conformance suite every [`EventSource`] must pass.
+//!
+//! An adapter's own tests implement [`ConformanceTarget`] (how to make an isolated source, how to
+//! publish into it, how to read what it dead-lettered) and call [`run_all`], or the single checks.
+//! Every check asserts exact outcomes and panics with a message naming the broken promise.
+//!
+//! ```
+//! use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
+//! use keyvault_invalidator_testkit::{InMemoryEventSource, InMemoryPublisher};
+//!
+//! struct InMemory;
+//!
+//! #[async_trait::async_trait]
+//! impl ConformanceTarget for InMemory {
+//!     type Source = InMemoryEventSource;
+//!     async fn new_source(&self) -> InMemoryEventSource { InMemoryEventSource::new() }
+//!     async fn publish(&self, source: &InMemoryEventSource, message_id: &str, body: &[u8]) {
+//!         source.publisher().publish(message_id.to_owned(), body.to_vec());
+//!     }
+//!     async fn dead_letters(&self, source: &InMemoryEventSource) -> Vec<DeadLetter> {
+//!         source.publisher().dead_letters().into_iter()
+//!             .map(|m| DeadLetter { body: m.body.to_vec(), reason: m.reason, description: m.description })
+//!             .collect()
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! conformance::run_all(&InMemory).await;
+//! # }
+//! ```
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyvault_invalidator_core::{Delivery, EventSource, Settlement, SourceErrorKind};
+
+/// How long a check waits for a delivery that should come.
+pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a check waits to be sure a delivery does not come.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(1_500);
+
+/// What the suite needs from an adapter's test setup.
+#[async_trait]
+pub trait ConformanceTarget: Send + Sync {
+    /// The source under test.
+    type Source: EventSource + 'static;
+
+    /// A fresh, open source over an empty, isolated queue (each check makes its own).
+    async fn new_source(&self) -> Self::Source;
+
+    /// Publishes a message so `source` will deliver it. The suite's bodies are small JSON
+    /// documents.
+    async fn publish(&self, source: &Self::Source, message_id: &str, body: &[u8]);
+
+    /// What `source` dead-lettered so far, read from outside the source (a dead-letter queue).
+    /// May wait briefly for the transport to move the messages.
+    async fn dead_letters(&self, source: &Self::Source) -> Vec<DeadLetter>;
+}
+
+/// A dead-lettered message as the target reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The original body.
+    pub body: Vec<u8>,
+    /// The reason given at settlement.
+    pub reason: String,
+    /// The description given at settlement.
+    pub description: String,
+}
+
+/// Runs every check, each on its own source.
+pub async fn run_all<T: ConformanceTarget>(target: &T) {
+    complete_removes_the_delivery(target).await;
+    abandon_redelivers_with_a_higher_count(target).await;
+    dead_letter_records_the_reason(target).await;
+    batches_never_exceed_the_requested_size(target).await;
+    receive_waits_for_a_publication(target).await;
+    dropped_receive_loses_nothing(target).await;
+    close_stops_receiving(target).await;
+}
+
+fn body(n: usize) -> Vec<u8> {
+    format!("{{\"conformance\":{n}}}").into_bytes()
+}
+
+/// Receives until at least one delivery arrives; panics after [`ARRIVAL_TIMEOUT`].
+pub async fn receive_some<S: EventSource + ?Sized>(source: &S, max: usize, what: &str) -> Vec<Delivery> {
+    let wait = async {
+        loop {
+            match source.receive(max).await {
+                Ok(batch) if !batch.is_empty() => return batch,
+                Ok(_) => continue,
+                Err(error) if error.kind == SourceErrorKind::Transient => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(error) => panic!("{what}: receive failed: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(ARRIVAL_TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing was delivered within {ARRIVAL_TIMEOUT:?}"))
+}
+
+/// Asserts that nothing is delivered for [`QUIET_PERIOD`].
+pub async fn assert_quiet<S: EventSource + ?Sized>(source: &S, what: &str) {
+    if let Ok(Ok(batch)) = tokio::time::timeout(QUIET_PERIOD, source.receive(10)).await {
+        assert!(
+            batch.is_empty(),
+            "{what}: expected no delivery, got {} (first: {:?})",
+            batch.len(),
+            batch.first()
+        );
+    }
+}
+
+async fn settle<S: EventSource>(source: &S, delivery: Delivery, settlement: Settlement, what: &str) {
+    source
+        .settle(delivery.token, settlement)
+        .await
+        .unwrap_or_else(|error| panic!("{what}: settle failed: {error}"));
+}
+
+/// A completed delivery is gone: it is not delivered again.
+pub async fn complete_removes_the_delivery<T: ConformanceTarget>(target: &T) {
+    let what = "complete removes the delivery";
+    let source = target.new_source().await;
+    target.publish(&source, "complete-1", &body(1)).await;
+    let mut batch = receive_some(&source, 10, what).await;
+    assert_eq!(batch.len(), 1, "{what}: one message published, {} delivered", batch.len());
+    let delivery = batch.remove(0);
+    assert_eq!(delivery.body.as_ref(), body(1).as_slice(), "{what}: body changed in transit");
+    assert_eq!(delivery.delivery_count, 1, "{what}: a first delivery has count 1");
+    settle(&source, delivery, Settlement::Complete, what).await;
+    assert_quiet(&source, what).await;
+    source.close().await.expect("close");
+}
+
+/// An abandoned delivery comes back, with a delivery count one higher.
+pub async fn abandon_redelivers_with_a_higher_count<T: ConformanceTarget>(target: &T) {
+    let what = "abandon redelivers with a higher count";
+    let source = target.new_source().await;
+    target.publish(&source, "abandon-1", &body(2)).await;
+    let mut counts = Vec::new();
+    for round in 0..3 {
+        let mut batch = receive_some(&source, 10, what).await;
+        assert_eq!(batch.len(), 1, "{what}: round {round}: expected the one message");
+        let delivery = batch.remove(0);
+        assert_eq!(delivery.body.as_ref(), body(2).as_slice(), "{what}: body changed");
+        counts.push(delivery.delivery_count);
+        let settlement = if round < 2 {
+            Settlement::Abandon
+        } else {
+            Settlement::Complete
+        };
+        settle(&source, delivery, settlement, what).await;
+    }
+    assert_eq!(counts, vec![1, 2, 3], "{what}: delivery counts across redeliveries");
+    assert_quiet(&source, what).await;
+    source.close().await.expect("close");
+}
+
+/// A dead-lettered delivery is not delivered again and lands in the dead-letter store with the
+/// exact reason and description.
+pub async fn dead_letter_records_the_reason<T: ConformanceTarget>(target: &T) {
+    let what = "dead-letter records the reason";
+    let source = target.new_source().await;
+    target.publish(&source, "dead-1", &body(3)).await;
+    let delivery = receive_some(&source, 10, what).await.remove(0);
+    let settlement = Settlement::DeadLetter {
+        reason: "MalformedPayload".to_owned(),
+        description: "event 0: the payload is not valid JSON".to_owned(),
+    };
+    settle(&source, delivery, settlement, what).await;
+    assert_quiet(&source, what).await;
+    let letters = target.dead_letters(&source).await;
+    assert_eq!(
+        letters,
+        vec![DeadLetter {
+            body: body(3),
+            reason: "MalformedPayload".to_owned(),
+            description: "event 0: the payload is not valid JSON".to_owned(),
+        }],
+        "{what}"
+    );
+    source.close().await.expect("close");
+}
+
+/// `receive(max)` never returns more than `max`, and every published message is delivered
+/// exactly once across batches.
+pub async fn batches_never_exceed_the_requested_size<T: ConformanceTarget>(target: &T) {
+    let what = "batches never exceed the requested size";
+    let source = target.new_source().await;
+    for n in 0..7 {
+        target.publish(&source, &format!("batch-{n}"), &body(100 + n)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let batch = receive_some(&source, 3, what).await;
+        assert!(batch.len() <= 3, "{what}: asked for 3, got {}", batch.len());
+        for delivery in batch {
+            seen.push(delivery.body.to_vec());
+            settle(&source, delivery, Settlement::Complete, what).await;
+        }
+    }
+    let distinct: BTreeSet<_> = seen.iter().cloned().collect();
+    let expected: BTreeSet<_> = (0..7).map(|n| body(100 + n)).collect();
+    assert_eq!(seen.len(), 7, "{what}: deliveries");
+    assert_eq!(distinct, expected, "{what}: every message once");
+    assert_quiet(&source, what).await;
+    source.close().await.expect("close");
+}
+
+/// A `receive` on an empty source waits, and returns the message published meanwhile.
+pub async fn receive_waits_for_a_publication<T: ConformanceTarget>(target: &T) {
+    let what = "receive waits for a publication";
+    let source = target.new_source().await;
+    let (batch, ()) = tokio::join!(receive_some(&source, 10, what), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        target.publish(&source, "late-1", &body(4)).await;
+    });
+    assert_eq!(batch.len(), 1, "{what}");
+    assert_eq!(batch[0].body.as_ref(), body(4).as_slice(), "{what}");
+    for delivery in batch {
+        settle(&source, delivery, Settlement::Complete, what).await;
+    }
+    source.close().await.expect("close");
+}
+
+/// Dropping a pending `receive` (the job does at shutdown) loses nothing published afterwards.
+pub async fn dropped_receive_loses_nothing<T: ConformanceTarget>(target: &T) {
+    let what = "a dropped receive loses nothing";
+    let source = target.new_source().await;
+    let dropped = tokio::time::timeout(Duration::from_millis(200), source.receive(10)).await;
+    if let Ok(Ok(batch)) = dropped {
+        assert!(batch.is_empty(), "{what}: nothing was published yet");
+    }
+    target.publish(&source, "after-drop-1", &body(5)).await;
+    let batch = receive_some(&source, 10, what).await;
+    assert_eq!(batch.len(), 1, "{what}");
+    assert_eq!(batch[0].body.as_ref(), body(5).as_slice(), "{what}");
+    for delivery in batch {
+        settle(&source, delivery, Settlement::Complete, what).await;
+    }
+    source.close().await.expect("close");
+}
+
+/// After `close`, `receive` fails with [`SourceErrorKind::Closed`].
+pub async fn close_stops_receiving<T: ConformanceTarget>(target: &T) {
+    let what = "close stops receiving";
+    let source = target.new_source().await;
+    source.close().await.unwrap_or_else(|e| panic!("{what}: close failed: {e}"));
+    let result = tokio::time::timeout(ARRIVAL_TIMEOUT, source.receive(1))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: receive after close hung"));
+    match result {
+        Err(error) => assert_eq!(error.kind, SourceErrorKind::Closed, "{what}: {error}"),
+        Ok(batch) => panic!("{what}: receive after close returned {} deliveries", batch.len()),
+    }
+}

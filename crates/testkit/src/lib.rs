@@ -1,0 +1,27 @@
+//! Test doubles for keyvault-invalidator: run the job hermetically and test your own adapters
+//! the same way the project tests its own.
+//!
+//! - [`InMemoryEventSource`]: a peek-lock queue with a publisher handle and a settlement log.
+//! - [`RecordingCache`]: a [`SecretCache`](keyvault_invalidator_core::SecretCache) that records
+//!   calls, with fault injection.
+//! - [`InMemoryVault`]: a versioned [`SecretProvider`](keyvault_invalidator_core::SecretProvider)
+//!   with `rotate`.
+//! - [`KeyVaultEventBuilder`]: Event Grid and CloudEvents payloads with every real-world quirk.
+//! - [`conformance`]: the suite every `EventSource` must pass.
+//! - [`mocks`]: `mockall` mocks of the core traits.
+#![warn(missing_docs)]
+
+mod cache;
+pub mod conformance;
+pub mod events;
+pub mod mocks;
+mod source;
+mod vault;
+
+pub use cache::{CacheCall, RecordingCache};
+pub use events::{KeyVaultEventBuilder, TimeStyle};
+pub use source::{
+    DeadLetteredMessage, InMemoryEventSource, InMemoryPublisher, SettlementLog, SettlementRecord,
+    WAIT_TIMEOUT,
+};
+pub use vault::InMemoryVault;
