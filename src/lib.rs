@@ -12,7 +12,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `moka` | yes | [`CachedSecretProvider`], the moka-backed cache |
-//! | `testkit` | no | [`testkit`]: in-memory source, vault, recording cache, event builders |
+//! | `testkit` | no | `testkit`: in-memory source, vault, recording cache, event builders |
 //!
 //! ```
 //! use keyvault_invalidator::prelude::*;
@@ -43,7 +43,9 @@ pub use keyvault_invalidator_core::*;
 
 /// The moka-backed cache.
 #[cfg(feature = "moka")]
-pub use keyvault_invalidator_moka::{CacheStats, CachedSecretProvider, CachedSecretProviderBuilder};
+pub use keyvault_invalidator_moka::{
+    CacheStats, CachedSecretProvider, CachedSecretProviderBuilder,
+};
 
 /// Test doubles and the conformance suite (feature `testkit`).
 #[cfg(feature = "testkit")]

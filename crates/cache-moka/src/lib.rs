@@ -215,9 +215,7 @@ impl<P: SecretProvider> CachedSecretProvider<P> {
         Ok(secret)
     }
 
-    /// Drops the cached value of `name`; the next read loads it. Loads in flight now will not
-    /// put their (possibly older) value back.
-    pub async fn invalidate(&self, name: &str) {
+    async fn drop_entry(&self, name: &str) {
         let inner = &self.inner;
         let key = cache_key(name);
         let epoch = inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
@@ -279,8 +277,10 @@ impl<P> fmt::Debug for CachedSecretProvider<P> {
 
 #[async_trait]
 impl<P: SecretProvider> SecretCache for CachedSecretProvider<P> {
+    /// Drops the cached value of `key`; the next read loads it. Loads in flight now will not
+    /// put their (possibly older) value back. Never fails.
     async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
-        CachedSecretProvider::invalidate(self, key).await;
+        self.drop_entry(key).await;
         Ok(())
     }
 }

@@ -93,7 +93,9 @@ impl<C: SecretCache> Invalidator for KeyVaultInvalidator<C> {
             _ => return Ok(Outcome::Ignored(IgnoreReason::NotKeyVault)),
         };
         if !self.event_types.contains(&kv.event_type) {
-            return Ok(Outcome::Ignored(IgnoreReason::EventTypeNotHandled(kv.event_type)));
+            return Ok(Outcome::Ignored(IgnoreReason::EventTypeNotHandled(
+                kv.event_type,
+            )));
         }
         if !self.vault_allowed(kv.vault.as_deref()) {
             tracing::info!(
@@ -101,7 +103,9 @@ impl<C: SecretCache> Invalidator for KeyVaultInvalidator<C> {
                 secret = %kv.name,
                 "ignoring an event from a vault that is not on the allow-list"
             );
-            return Ok(Outcome::Ignored(IgnoreReason::VaultNotAllowed(kv.vault.clone())));
+            return Ok(Outcome::Ignored(IgnoreReason::VaultNotAllowed(
+                kv.vault.clone(),
+            )));
         }
         let key = self.name_mapping.apply(kv.name.as_str());
         let is_new_version = matches!(

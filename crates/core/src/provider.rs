@@ -95,7 +95,11 @@ pub struct ProviderError {
 
 impl ProviderError {
     /// An error of `kind` for the secret `name`.
-    pub fn new(name: impl Into<String>, kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        kind: ProviderErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
         ProviderError {
             name: name.into(),
             kind,

@@ -30,7 +30,8 @@ pub trait EventSource: Send + Sync {
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, SourceError>;
 
     /// Settles one delivery.
-    async fn settle(&self, token: DeliveryToken, settlement: Settlement) -> Result<(), SourceError>;
+    async fn settle(&self, token: DeliveryToken, settlement: Settlement)
+        -> Result<(), SourceError>;
 
     /// Stops handing out deliveries and releases the transport. Deliveries not yet settled come
     /// back to other consumers (or to this one, later).
@@ -43,7 +44,11 @@ impl<S: EventSource + ?Sized> EventSource for std::sync::Arc<S> {
         (**self).receive(max).await
     }
 
-    async fn settle(&self, token: DeliveryToken, settlement: Settlement) -> Result<(), SourceError> {
+    async fn settle(
+        &self,
+        token: DeliveryToken,
+        settlement: Settlement,
+    ) -> Result<(), SourceError> {
         (**self).settle(token, settlement).await
     }
 
@@ -58,7 +63,11 @@ impl<S: EventSource + ?Sized> EventSource for Box<S> {
         (**self).receive(max).await
     }
 
-    async fn settle(&self, token: DeliveryToken, settlement: Settlement) -> Result<(), SourceError> {
+    async fn settle(
+        &self,
+        token: DeliveryToken,
+        settlement: Settlement,
+    ) -> Result<(), SourceError> {
         (**self).settle(token, settlement).await
     }
 

@@ -153,7 +153,11 @@ impl RecordingCache {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn record(&self, key: &str, call: impl FnOnce(bool) -> CacheCall) -> Result<(), CacheError> {
+    async fn record(
+        &self,
+        key: &str,
+        call: impl FnOnce(bool) -> CacheCall,
+    ) -> Result<(), CacheError> {
         let now = self.shared.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared.most_running.fetch_max(now, Ordering::SeqCst);
         let _running = RunningGuard(&self.shared.running);

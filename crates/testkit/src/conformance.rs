@@ -85,7 +85,11 @@ fn body(n: usize) -> Vec<u8> {
 }
 
 /// Receives until at least one delivery arrives; panics after [`ARRIVAL_TIMEOUT`].
-pub async fn receive_some<S: EventSource + ?Sized>(source: &S, max: usize, what: &str) -> Vec<Delivery> {
+pub async fn receive_some<S: EventSource + ?Sized>(
+    source: &S,
+    max: usize,
+    what: &str,
+) -> Vec<Delivery> {
     let wait = async {
         loop {
             match source.receive(max).await {
@@ -115,7 +119,12 @@ pub async fn assert_quiet<S: EventSource + ?Sized>(source: &S, what: &str) {
     }
 }
 
-async fn settle<S: EventSource>(source: &S, delivery: Delivery, settlement: Settlement, what: &str) {
+async fn settle<S: EventSource>(
+    source: &S,
+    delivery: Delivery,
+    settlement: Settlement,
+    what: &str,
+) {
     source
         .settle(delivery.token, settlement)
         .await
@@ -128,10 +137,22 @@ pub async fn complete_removes_the_delivery<T: ConformanceTarget>(target: &T) {
     let source = target.new_source().await;
     target.publish(&source, "complete-1", &body(1)).await;
     let mut batch = receive_some(&source, 10, what).await;
-    assert_eq!(batch.len(), 1, "{what}: one message published, {} delivered", batch.len());
+    assert_eq!(
+        batch.len(),
+        1,
+        "{what}: one message published, {} delivered",
+        batch.len()
+    );
     let delivery = batch.remove(0);
-    assert_eq!(delivery.body.as_ref(), body(1).as_slice(), "{what}: body changed in transit");
-    assert_eq!(delivery.delivery_count, 1, "{what}: a first delivery has count 1");
+    assert_eq!(
+        delivery.body.as_ref(),
+        body(1).as_slice(),
+        "{what}: body changed in transit"
+    );
+    assert_eq!(
+        delivery.delivery_count, 1,
+        "{what}: a first delivery has count 1"
+    );
     settle(&source, delivery, Settlement::Complete, what).await;
     assert_quiet(&source, what).await;
     source.close().await.expect("close");
@@ -145,9 +166,17 @@ pub async fn abandon_redelivers_with_a_higher_count<T: ConformanceTarget>(target
     let mut counts = Vec::new();
     for round in 0..3 {
         let mut batch = receive_some(&source, 10, what).await;
-        assert_eq!(batch.len(), 1, "{what}: round {round}: expected the one message");
+        assert_eq!(
+            batch.len(),
+            1,
+            "{what}: round {round}: expected the one message"
+        );
         let delivery = batch.remove(0);
-        assert_eq!(delivery.body.as_ref(), body(2).as_slice(), "{what}: body changed");
+        assert_eq!(
+            delivery.body.as_ref(),
+            body(2).as_slice(),
+            "{what}: body changed"
+        );
         counts.push(delivery.delivery_count);
         let settlement = if round < 2 {
             Settlement::Abandon
@@ -156,7 +185,11 @@ pub async fn abandon_redelivers_with_a_higher_count<T: ConformanceTarget>(target
         };
         settle(&source, delivery, settlement, what).await;
     }
-    assert_eq!(counts, vec![1, 2, 3], "{what}: delivery counts across redeliveries");
+    assert_eq!(
+        counts,
+        vec![1, 2, 3],
+        "{what}: delivery counts across redeliveries"
+    );
     assert_quiet(&source, what).await;
     source.close().await.expect("close");
 }
@@ -193,7 +226,9 @@ pub async fn batches_never_exceed_the_requested_size<T: ConformanceTarget>(targe
     let what = "batches never exceed the requested size";
     let source = target.new_source().await;
     for n in 0..7 {
-        target.publish(&source, &format!("batch-{n}"), &body(100 + n)).await;
+        target
+            .publish(&source, &format!("batch-{n}"), &body(100 + n))
+            .await;
     }
     let mut seen = Vec::new();
     while seen.len() < 7 {
@@ -250,12 +285,18 @@ pub async fn dropped_receive_loses_nothing<T: ConformanceTarget>(target: &T) {
 pub async fn close_stops_receiving<T: ConformanceTarget>(target: &T) {
     let what = "close stops receiving";
     let source = target.new_source().await;
-    source.close().await.unwrap_or_else(|e| panic!("{what}: close failed: {e}"));
+    source
+        .close()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close failed: {e}"));
     let result = tokio::time::timeout(ARRIVAL_TIMEOUT, source.receive(1))
         .await
         .unwrap_or_else(|_| panic!("{what}: receive after close hung"));
     match result {
         Err(error) => assert_eq!(error.kind, SourceErrorKind::Closed, "{what}: {error}"),
-        Ok(batch) => panic!("{what}: receive after close returned {} deliveries", batch.len()),
+        Ok(batch) => panic!(
+            "{what}: receive after close returned {} deliveries",
+            batch.len()
+        ),
     }
 }

@@ -148,7 +148,10 @@ impl SettlementLog {
         self.0.is_empty()
     }
 
-    fn filter(&self, keep: impl Fn(&Settlement) -> bool) -> impl Iterator<Item = &SettlementRecord> {
+    fn filter(
+        &self,
+        keep: impl Fn(&Settlement) -> bool,
+    ) -> impl Iterator<Item = &SettlementRecord> {
         self.0.iter().filter(move |r| keep(&r.settlement))
     }
 }
@@ -233,7 +236,11 @@ impl EventSource for InMemoryEventSource {
         }
     }
 
-    async fn settle(&self, token: DeliveryToken, settlement: Settlement) -> Result<(), SourceError> {
+    async fn settle(
+        &self,
+        token: DeliveryToken,
+        settlement: Settlement,
+    ) -> Result<(), SourceError> {
         let lock = match token.downcast::<Lock>() {
             Ok(lock) if lock.source == self.shared.id => lock.lock,
             _ => return Err(SourceError::fatal("the token was issued by another source")),
@@ -345,7 +352,11 @@ impl InMemoryPublisher {
     ///
     /// # Panics
     /// After [`WAIT_TIMEOUT`]: this is a test helper.
-    pub async fn wait_until(&self, done: impl Fn(&SettlementLog) -> bool, what: &str) -> SettlementLog {
+    pub async fn wait_until(
+        &self,
+        done: impl Fn(&SettlementLog) -> bool,
+        what: &str,
+    ) -> SettlementLog {
         let wait = async {
             loop {
                 let settled = self.shared.settlements.notified();
@@ -360,7 +371,10 @@ impl InMemoryPublisher {
         };
         match tokio::time::timeout(WAIT_TIMEOUT, wait).await {
             Ok(log) => log,
-            Err(_) => panic!("timed out waiting for {what}; the log holds {:?}", self.log()),
+            Err(_) => panic!(
+                "timed out waiting for {what}; the log holds {:?}",
+                self.log()
+            ),
         }
     }
 }

@@ -84,7 +84,9 @@ pub enum ParseErrorKind {
         found: &'static str,
     },
     /// Neither `specversion` (CloudEvents) nor `eventType` (Event Grid).
-    #[error("neither a CloudEvents event (no `specversion`) nor an Event Grid event (no `eventType`)")]
+    #[error(
+        "neither a CloudEvents event (no `specversion`) nor an Event Grid event (no `eventType`)"
+    )]
     UnknownEnvelope,
     /// A required envelope field is absent, null or blank.
     #[error("required field `{field}` is missing or blank")]

@@ -87,8 +87,14 @@ impl fmt::Debug for SubscriptionValidation {
     // of logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SubscriptionValidation")
-            .field("validation_code", &self.validation_code.as_ref().map(|_| "[redacted]"))
-            .field("validation_url", &self.validation_url.as_ref().map(|_| "[redacted]"))
+            .field(
+                "validation_code",
+                &self.validation_code.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "validation_url",
+                &self.validation_url.as_ref().map(|_| "[redacted]"),
+            )
             .finish()
     }
 }

@@ -135,7 +135,11 @@ fn read_json(body: &[u8]) -> Result<Value, ParseError> {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 error.to_string()
             }
-            _ => format!("unreadable at line {} column {}", error.line(), error.column()),
+            _ => format!(
+                "unreadable at line {} column {}",
+                error.line(),
+                error.column()
+            ),
         };
         ParseError::payload(ParseErrorKind::InvalidJson { detail })
     })
@@ -205,7 +209,9 @@ fn normalise_keys(object: Map<String, Value>) -> Map<String, Value> {
     normalised
 }
 
-fn read_event_grid_event(mut envelope: Map<String, Value>) -> Result<(Header, Value), ParseErrorKind> {
+fn read_event_grid_event(
+    mut envelope: Map<String, Value>,
+) -> Result<(Header, Value), ParseErrorKind> {
     let id = required_text(&envelope, "id")?;
     let event_type = required_text(&envelope, "eventType")?;
     let header = Header {
@@ -246,7 +252,11 @@ fn read_cloud_event(envelope: Map<String, Value>) -> Result<(Header, Value), Par
                 found: json_kind(other),
             })
         }
-        _ => return Err(ParseErrorKind::MissingField { field: "specversion" }),
+        _ => {
+            return Err(ParseErrorKind::MissingField {
+                field: "specversion",
+            })
+        }
     };
     if spec_version != "1.0" && spec_version != "0.3" {
         return Err(ParseErrorKind::UnsupportedSpecVersion);
@@ -264,7 +274,11 @@ fn read_cloud_event(envelope: Map<String, Value>) -> Result<(Header, Value), Par
     let header = Header {
         id: event.id().trim().to_owned(),
         event_type: event.ty().trim().to_owned(),
-        subject: event.subject().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned),
+        subject: event
+            .subject()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
         source: Some(event.source().trim().to_owned()).filter(|s| !s.is_empty()),
         time: event.time().copied(),
         schema: EventSchema::CloudEvents,
@@ -274,7 +288,9 @@ fn read_cloud_event(envelope: Map<String, Value>) -> Result<(Header, Value), Par
         Some(cloudevents::Data::String(text)) => {
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
         }
-        Some(cloudevents::Data::Binary(bytes)) => serde_json::from_slice(bytes).unwrap_or(Value::Null),
+        Some(cloudevents::Data::Binary(bytes)) => {
+            serde_json::from_slice(bytes).unwrap_or(Value::Null)
+        }
         None => Value::Null,
     };
     Ok((header, data))
@@ -285,7 +301,10 @@ fn read_cloud_event(envelope: Map<String, Value>) -> Result<(Header, Value), Par
 /// non-JSON content type on JSON data, and extension values that are not scalars.
 fn sanitise_for_sdk(envelope: Map<String, Value>, spec_version: String) -> Map<String, Value> {
     let mut out = Map::with_capacity(envelope.len());
-    let data_is_structured = matches!(envelope.get("data"), Some(Value::Object(_) | Value::Array(_)));
+    let data_is_structured = matches!(
+        envelope.get("data"),
+        Some(Value::Object(_) | Value::Array(_))
+    );
     for (key, value) in envelope {
         let value = match (key.as_str(), value) {
             ("specversion", _) => Value::String(spec_version.clone()),
@@ -316,13 +335,19 @@ fn classify(header: &Header, data: &Value) -> Result<EventKind, ParseErrorKind> 
     }
     let fields = data.as_object();
     let text = |name: &str| fields.and_then(|f| lookup(f, name)).and_then(trimmed_text);
-    if header.event_type.eq_ignore_ascii_case(SUBSCRIPTION_VALIDATION_EVENT) {
+    if header
+        .event_type
+        .eq_ignore_ascii_case(SUBSCRIPTION_VALIDATION_EVENT)
+    {
         return Ok(EventKind::SubscriptionValidation(SubscriptionValidation {
             validation_code: text("validationCode"),
             validation_url: text("validationUrl"),
         }));
     }
-    if header.event_type.eq_ignore_ascii_case(SUBSCRIPTION_DELETED_EVENT) {
+    if header
+        .event_type
+        .eq_ignore_ascii_case(SUBSCRIPTION_DELETED_EVENT)
+    {
         return Ok(EventKind::SubscriptionDeleted {
             event_subscription_id: text("eventSubscriptionId"),
         });
@@ -363,7 +388,9 @@ fn read_object_url(text: &str) -> Option<ObjectUrl> {
 /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}`.
 fn vault_from_resource_path(path: &str) -> Option<String> {
     let mut segments = path.split('/');
-    segments.by_ref().find(|s| s.eq_ignore_ascii_case("vaults"))?;
+    segments
+        .by_ref()
+        .find(|s| s.eq_ignore_ascii_case("vaults"))?;
     segments.next().map(|s| s.trim().to_owned())
 }
 
@@ -376,7 +403,10 @@ fn read_key_vault(
     let fields = data.as_object().unwrap_or(&empty);
     let text = |name: &str| lookup(fields, name).and_then(trimmed_text);
     let object_id = text("Id");
-    let url = object_id.as_deref().and_then(read_object_url).unwrap_or_default();
+    let url = object_id
+        .as_deref()
+        .and_then(read_object_url)
+        .unwrap_or_default();
     let object_type = event_type.object_type();
     let warn = |what: &str, chosen: &str, other: &str, other_source: &str| {
         tracing::warn!(
@@ -388,11 +418,16 @@ fn read_key_vault(
     let vault_candidates = [
         ("data.Id", url.vault.clone()),
         ("data.VaultName", text("VaultName")),
-        ("topic/source", header.source.as_deref().and_then(vault_from_resource_path)),
+        (
+            "topic/source",
+            header.source.as_deref().and_then(vault_from_resource_path),
+        ),
     ];
-    let vault = first_agreeing(&vault_candidates, is_valid_vault_name, |chosen, other, source| {
-        warn("vault", chosen, other, source)
-    });
+    let vault = first_agreeing(
+        &vault_candidates,
+        is_valid_vault_name,
+        |chosen, other, source| warn("vault", chosen, other, source),
+    );
 
     let name = if object_type == ObjectType::Vault {
         let candidates = [
@@ -421,10 +456,15 @@ fn read_key_vault(
         name
     };
 
-    let version_candidates = [("data.Id", url.version.clone()), ("data.Version", text("Version"))];
-    let version = first_agreeing(&version_candidates, is_plausible_version, |chosen, other, source| {
-        warn("version", chosen, other, source)
-    });
+    let version_candidates = [
+        ("data.Id", url.version.clone()),
+        ("data.Version", text("Version")),
+    ];
+    let version = first_agreeing(
+        &version_candidates,
+        is_plausible_version,
+        |chosen, other, source| warn("version", chosen, other, source),
+    );
 
     Ok(KeyVaultEvent {
         event_type,
@@ -450,7 +490,8 @@ fn pick_name(
         .ok_or(ParseErrorKind::MissingObjectName {
             event_type: event_type.as_str(),
         })?;
-    ObjectName::new(text.as_str()).map_err(|reason| ParseErrorKind::InvalidObjectName { field, reason })
+    ObjectName::new(text.as_str())
+        .map_err(|reason| ParseErrorKind::InvalidObjectName { field, reason })
 }
 
 /// The first valid candidate wins; later valid ones that differ (ignoring case) are reported.
@@ -481,7 +522,9 @@ fn is_plausible_version(version: &str) -> bool {
 fn unix_time(header: &Header, value: Option<&Value>, field: &str) -> Option<DateTime<Utc>> {
     let seconds = match value? {
         Value::Null => return None,
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
         Value::String(s) if s.trim().is_empty() => return None,
         Value::String(s) => {
             let s = s.trim();
@@ -522,10 +565,15 @@ fn trimmed_text(value: &Value) -> Option<String> {
 }
 
 fn optional_text(envelope: &Map<String, Value>, field: &str) -> Option<String> {
-    envelope.get(&field.to_ascii_lowercase()).and_then(trimmed_text)
+    envelope
+        .get(&field.to_ascii_lowercase())
+        .and_then(trimmed_text)
 }
 
-fn required_text(envelope: &Map<String, Value>, field: &'static str) -> Result<String, ParseErrorKind> {
+fn required_text(
+    envelope: &Map<String, Value>,
+    field: &'static str,
+) -> Result<String, ParseErrorKind> {
     match envelope.get(&field.to_ascii_lowercase()) {
         None | Some(Value::Null) => Err(ParseErrorKind::MissingField { field }),
         Some(value @ (Value::String(_) | Value::Number(_))) => {

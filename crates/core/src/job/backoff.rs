@@ -69,9 +69,16 @@ mod tests {
             let ceiling = b.ceiling(attempt);
             for _ in 0..50 {
                 let d = b.delay(attempt);
-                assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} outside [{:?}, {ceiling:?}]", ceiling / 2);
+                assert!(
+                    d >= ceiling / 2 && d <= ceiling,
+                    "{d:?} outside [{:?}, {ceiling:?}]",
+                    ceiling / 2
+                );
             }
         }
-        assert_eq!(Backoff::new(Duration::ZERO, Duration::ZERO).delay(3), Duration::ZERO);
+        assert_eq!(
+            Backoff::new(Duration::ZERO, Duration::ZERO).delay(3),
+            Duration::ZERO
+        );
     }
 }

@@ -44,7 +44,10 @@ impl Worker {
             match &settlement {
                 Settlement::Complete => tracing::debug!("completing"),
                 Settlement::Abandon => tracing::info!("abandoning; the delivery will come back"),
-                Settlement::DeadLetter { reason, description } => {
+                Settlement::DeadLetter {
+                    reason,
+                    description,
+                } => {
                     tracing::warn!(reason = %reason, description = %description, "dead-lettering")
                 }
             }
@@ -71,7 +74,10 @@ impl Worker {
         self.stats.events(events.len());
         for event in &events {
             record_event(event);
-            if let Some(age) = event.time.and_then(|time| (chrono::Utc::now() - time).to_std().ok()) {
+            if let Some(age) = event
+                .time
+                .and_then(|time| (chrono::Utc::now() - time).to_std().ok())
+            {
                 self.stats.event_age(age);
             }
             let handled = tokio::select! {
@@ -102,7 +108,11 @@ impl Worker {
         (Settlement::Complete, Settled::Completed)
     }
 
-    async fn after_failure(&self, delivery: &Delivery, error: InvalidationError) -> (Settlement, Settled) {
+    async fn after_failure(
+        &self,
+        delivery: &Delivery,
+        error: InvalidationError,
+    ) -> (Settlement, Settled) {
         if !error.retryable {
             return dead_letter(DeadLetterReason::InvalidationRejected, error.to_string());
         }

@@ -54,7 +54,10 @@ impl Engine {
                 "shutdown deadline passed: abandoning deliveries still in flight"
             );
             deadline_passed.cancel();
-            if tokio::time::timeout(ABANDON_GRACE, drain(&mut tasks)).await.is_err() {
+            if tokio::time::timeout(ABANDON_GRACE, drain(&mut tasks))
+                .await
+                .is_err()
+            {
                 tasks.abort_all();
                 drain(&mut tasks).await;
             }
@@ -72,7 +75,11 @@ impl Engine {
         result
     }
 
-    async fn receive_loop(&self, worker: &Arc<Worker>, tasks: &mut JoinSet<()>) -> Result<(), JobError> {
+    async fn receive_loop(
+        &self,
+        worker: &Arc<Worker>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<(), JobError> {
         let concurrency = self.options.concurrency;
         // Every delivery holds a permit from receipt to settlement, so at most `concurrency`
         // deliveries are in memory whatever the backlog.
@@ -127,8 +134,10 @@ impl Engine {
                     SourceErrorKind::Fatal => {
                         self.stats.receive_error();
                         tracing::error!(%error, "the event source failed fatally; the job stops");
+                        let error = JobError::Source(error);
+                        // Visible on the handle now, not only once shutdown has finished.
                         *lock(&self.state) = JobState::Failed(error.to_string());
-                        return Err(JobError::Source(error));
+                        return Err(error);
                     }
                     SourceErrorKind::Closed if self.shutdown.is_cancelled() => return Ok(()),
                     _ => {

@@ -107,9 +107,7 @@ impl Stats {
     pub(crate) fn new(job: &str) -> Self {
         use crate::source::DeadLetterReason as R;
         let job = job.to_owned();
-        let dead = |reason: R| {
-            metrics::counter!(names::DEAD_LETTERED, "job" => job.clone(), "reason" => reason.as_str())
-        };
+        let dead = |reason: R| metrics::counter!(names::DEAD_LETTERED, "job" => job.clone(), "reason" => reason.as_str());
         Stats {
             counts: Counts::default(),
             metrics: Handles {

@@ -1,0 +1,593 @@
+//! The job engine's delivery semantics, end to end through the testkit's in-memory source.
+
+use std::time::Duration;
+
+use keyvault_invalidator_core::{
+    Backoff, DeadLetterReason, Job, JobBuilder, JobError, JobState, KeyVaultEventType,
+    KeyVaultInvalidator, NameMapping, ParseError, SourceErrorKind, StatsSnapshot,
+};
+use keyvault_invalidator_testkit::events::{
+    batch, storage_blob_created, subscription_validation, to_bytes,
+};
+use keyvault_invalidator_testkit::{
+    CacheCall, InMemoryEventSource, KeyVaultEventBuilder, RecordingCache,
+};
+
+const VERSION: &str = "0123456789abcdef0123456789abcdef";
+
+fn secret_event(name: &str) -> KeyVaultEventBuilder {
+    KeyVaultEventBuilder::secret_new_version(name)
+        .vault("prod-kv")
+        .version(VERSION)
+}
+
+fn new_version(key: &str) -> CacheCall {
+    CacheCall::NewVersion {
+        key: key.to_owned(),
+        version: Some(VERSION.to_owned()),
+        succeeded: true,
+    }
+}
+
+/// A job over `source` invalidating `cache` for vault `prod-kv`, with millisecond backoffs so
+/// retries do not slow the tests down.
+fn job(source: &InMemoryEventSource, cache: &RecordingCache) -> JobBuilder {
+    let invalidator = KeyVaultInvalidator::builder(cache.clone())
+        .allow_vault("prod-kv")
+        .build();
+    fast(Job::builder(source.clone(), invalidator))
+}
+
+fn fast(builder: JobBuilder) -> JobBuilder {
+    builder
+        .retry_backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ))
+        .receive_backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ))
+}
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+#[tokio::test]
+async fn a_new_secret_version_invalidates_exactly_that_secret_and_completes() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(log.completed(), vec!["m1"]);
+    assert_eq!(cache.calls(), vec![new_version("db-password")]);
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        stats,
+        StatsSnapshot {
+            received: 1,
+            events: 1,
+            invalidated: 1,
+            completed: 1,
+            ..StatsSnapshot::default()
+        }
+    );
+    assert!(publisher.is_closed(), "shutdown closes the source");
+}
+
+#[tokio::test]
+async fn cloud_events_with_every_quirk_invalidate_the_mapped_key() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    let invalidator = KeyVaultInvalidator::builder(cache.clone())
+        .allow_vault("PROD-KV")
+        .name_mapping(NameMapping::replace("--", ":"))
+        .build();
+    let handle = fast(Job::builder(source.clone(), invalidator)).spawn();
+
+    let body = secret_event("ServiceBus--ConnectionString")
+        .camel_case_data()
+        .trailing_space_in_keys()
+        .padded_values()
+        .times(keyvault_invalidator_testkit::TimeStyle::String)
+        .cloud_event_bytes();
+    publisher.publish("m1", keyvault_invalidator_testkit::events::with_bom(&body));
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(log.completed(), vec!["m1"]);
+    assert_eq!(
+        cache.calls(),
+        vec![new_version("ServiceBus:ConnectionString")]
+    );
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_that_do_not_concern_the_job_are_completed_and_counted_as_ignored() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish(
+        "other-vault",
+        secret_event("db-password")
+            .vault("dev-kv")
+            .event_grid_bytes(),
+    );
+    publisher.publish(
+        "near-expiry",
+        KeyVaultEventBuilder::new(KeyVaultEventType::SecretNearExpiry, "db-password")
+            .vault("prod-kv")
+            .event_grid_bytes(),
+    );
+    publisher.publish("blob", to_bytes(&storage_blob_created()));
+    publisher.publish("validation", batch([subscription_validation("512d38b6")]));
+    let log = publisher.wait_for_settlements(4).await;
+
+    let mut completed = log.completed();
+    completed.sort();
+    assert_eq!(
+        completed,
+        vec!["blob", "near-expiry", "other-vault", "validation"]
+    );
+    assert_eq!(cache.calls(), vec![]);
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        (stats.ignored, stats.invalidated, stats.completed),
+        (4, 0, 4)
+    );
+}
+
+#[tokio::test]
+async fn configured_event_types_invalidate_and_others_do_not() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    let invalidator = KeyVaultInvalidator::builder(cache.clone())
+        .event_types([KeyVaultEventType::SecretExpired])
+        .build();
+    let handle = fast(Job::builder(source.clone(), invalidator)).spawn();
+
+    publisher.publish(
+        "expired",
+        KeyVaultEventBuilder::new(KeyVaultEventType::SecretExpired, "api-key").event_grid_bytes(),
+    );
+    publisher.publish(
+        "new-version",
+        secret_event("db-password").event_grid_bytes(),
+    );
+    publisher.wait_for_settlements(2).await;
+
+    assert_eq!(
+        cache.calls(),
+        vec![CacheCall::Invalidate {
+            key: "api-key".to_owned(),
+            succeeded: true
+        }]
+    );
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!((stats.invalidated, stats.ignored), (1, 1));
+}
+
+#[tokio::test]
+async fn a_batch_with_mixed_events_invalidates_each_key_vault_secret_in_order() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish(
+        "batch",
+        batch([
+            secret_event("first").event_grid(),
+            storage_blob_created(),
+            secret_event("second").event_grid(),
+        ]),
+    );
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(log.completed(), vec!["batch"]);
+    assert_eq!(
+        cache.calls(),
+        vec![new_version("first"), new_version("second")]
+    );
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        (
+            stats.received,
+            stats.events,
+            stats.invalidated,
+            stats.ignored
+        ),
+        (1, 3, 2, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_payload_is_dead_lettered_at_once_with_the_parse_error() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    let handle = job(&source, &cache).spawn();
+
+    let bad_name = secret_event("db_password")
+        .without_id_url()
+        .event_grid_bytes();
+    let expected = keyvault_invalidator_core::parse_events(&bad_name).unwrap_err();
+    publisher.publish("bad-name", bad_name);
+    publisher.publish("not-json", b"{\"id\": hunter2".to_vec());
+    let log = publisher.wait_for_settlements(2).await;
+
+    let mut dead = log.dead_lettered();
+    dead.sort();
+    let not_json: ParseError =
+        keyvault_invalidator_core::parse_events(b"{\"id\": hunter2").unwrap_err();
+    assert_eq!(
+        dead,
+        vec![
+            (
+                "bad-name".to_owned(),
+                "MalformedPayload".to_owned(),
+                expected.to_string()
+            ),
+            (
+                "not-json".to_owned(),
+                "MalformedPayload".to_owned(),
+                not_json.to_string()
+            ),
+        ]
+    );
+    assert!(
+        !dead[1].2.contains("hunter2"),
+        "descriptions never quote the payload"
+    );
+    assert_eq!(cache.attempts(), 0);
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        (stats.dead_lettered, stats.malformed, stats.completed),
+        (2, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_invalidation_is_abandoned_and_retried_until_it_succeeds() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.fail_next(2, true);
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    let log = publisher.wait_for_settlements(3).await;
+
+    assert_eq!(
+        log.abandoned(),
+        vec![("m1".to_owned(), 1), ("m1".to_owned(), 2)]
+    );
+    assert_eq!(log.completed(), vec!["m1"]);
+    assert_eq!(cache.attempts(), 3);
+    assert_eq!(cache.invalidated(), vec!["db-password"]);
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        (stats.received, stats.abandoned, stats.completed),
+        (3, 2, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_failure_that_never_clears_is_dead_lettered_after_max_attempts() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.fail_next(100, true);
+    let handle = job(&source, &cache).max_attempts(3).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    let log = publisher.wait_for_settlements(3).await;
+
+    assert_eq!(
+        log.abandoned(),
+        vec![("m1".to_owned(), 1), ("m1".to_owned(), 2)]
+    );
+    let dead = log.dead_lettered();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1, DeadLetterReason::MaxAttemptsExceeded.as_str());
+    assert_eq!(
+        dead[0].2,
+        "invalidation failed on all 3 attempts; last error: cache entry `db-password`: injected retryable failure"
+    );
+    assert_eq!(cache.attempts(), 3);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_lettered_without_retrying() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.fail_next(1, false);
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(
+        log.dead_lettered(),
+        vec![(
+            "m1".to_owned(),
+            "InvalidationRejected".to_owned(),
+            "cache entry `db-password`: injected permanent failure".to_owned()
+        )]
+    );
+    assert_eq!(cache.attempts(), 1);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_cache_does_not_lose_the_delivery() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.panic_next(1);
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    let log = publisher.wait_for_settlements(2).await;
+
+    assert_eq!(log.abandoned(), vec![("m1".to_owned(), 1)]);
+    assert_eq!(log.completed(), vec!["m1"]);
+    assert_eq!(cache.invalidated(), vec!["db-password"]);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_bounded_and_so_is_what_is_taken_from_the_source() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.hold();
+    let handle = job(&source, &cache).concurrency(3).spawn();
+
+    for n in 0..20 {
+        publisher.publish(
+            format!("m{n}"),
+            secret_event(&format!("secret-{n}")).event_grid_bytes(),
+        );
+    }
+    eventually("three invalidations are running", || cache.running() == 3).await;
+    // Give the job every chance to overreach before checking that it did not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cache.running(), 3);
+    assert_eq!(
+        publisher.in_flight(),
+        3,
+        "only as many deliveries as slots are taken"
+    );
+    assert_eq!(publisher.queued(), 17);
+
+    cache.release();
+    let log = publisher.wait_for_settlements(20).await;
+    assert_eq!(log.completed().len(), 20);
+    assert_eq!(cache.most_running(), 3);
+    let mut keys = cache.invalidated();
+    keys.sort();
+    let mut expected: Vec<String> = (0..20).map(|n| format!("secret-{n}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn receive_errors_are_retried_and_do_not_stop_the_job() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    source.fail_next_receives(3, SourceErrorKind::Transient);
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(log.completed(), vec!["m1"]);
+    assert_eq!(handle.state(), JobState::Running);
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!((stats.receive_errors, stats.completed), (3, 1));
+}
+
+#[tokio::test]
+async fn a_fatal_source_error_ends_the_job_with_that_error() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    source.fail_next_receives(1, SourceErrorKind::Fatal);
+    let handle = job(&source, &cache).spawn();
+
+    eventually("the job stops", || handle.is_finished()).await;
+    assert_eq!(
+        handle.state(),
+        JobState::Failed(
+            "the event source failed: fatal source error: injected receive failure".to_owned()
+        )
+    );
+    match handle.wait().await {
+        Err(JobError::Source(error)) => assert_eq!(error.kind, SourceErrorKind::Fatal),
+        other => panic!("expected the fatal source error, got {other:?}"),
+    }
+    assert!(publisher.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_deliveries_finish_within_the_deadline() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.hold();
+    let handle = job(&source, &cache).concurrency(2).spawn();
+
+    publisher.publish("m1", secret_event("one").event_grid_bytes());
+    publisher.publish("m2", secret_event("two").event_grid_bytes());
+    eventually("both are in flight", || cache.running() == 2).await;
+    publisher.publish("m3", secret_event("three").event_grid_bytes());
+
+    let releaser = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cache.release();
+        })
+    };
+    let stats = handle.shutdown().await.unwrap();
+    releaser.await.unwrap();
+
+    let mut completed = publisher.log().completed();
+    completed.sort();
+    assert_eq!(completed, vec!["m1", "m2"]);
+    assert_eq!(stats.completed, 2);
+    assert_eq!(
+        publisher.queued(),
+        1,
+        "m3 was never taken and stays for the next instance"
+    );
+    assert!(publisher.is_closed());
+}
+
+#[tokio::test]
+async fn shutdown_abandons_what_is_still_in_flight_at_the_deadline() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.hold();
+    let handle = job(&source, &cache)
+        .shutdown_deadline(Duration::from_millis(100))
+        .spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    eventually("the invalidation is in flight", || cache.running() == 1).await;
+    let stats = handle.shutdown().await.unwrap();
+
+    assert_eq!(publisher.log().abandoned(), vec![("m1".to_owned(), 1)]);
+    assert_eq!(stats.abandoned, 1);
+    assert_eq!(cache.invalidated(), Vec::<String>::new());
+    assert_eq!(
+        publisher.queued(),
+        1,
+        "the abandoned delivery is back in the queue"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_cuts_a_retry_pause_short_and_abandons() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.fail_next(1, true);
+    let handle = job(&source, &cache)
+        .retry_backoff(Backoff::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        ))
+        .spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    eventually("the first attempt failed", || cache.attempts() == 1).await;
+    let stats = tokio::time::timeout(Duration::from_secs(20), handle.shutdown())
+        .await
+        .expect("shutdown does not wait out an hour-long retry pause")
+        .unwrap();
+
+    assert_eq!(publisher.log().abandoned(), vec![("m1".to_owned(), 1)]);
+    assert_eq!(stats.abandoned, 1);
+}
+
+#[tokio::test]
+async fn an_external_cancellation_token_stops_the_job() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let token = keyvault_invalidator_core::CancellationToken::new();
+    let handle = job(&source, &cache)
+        .cancellation_token(token.clone())
+        .spawn();
+
+    token.cancel();
+    let stats = handle.wait().await.unwrap();
+    assert_eq!(stats, StatsSnapshot::default());
+    assert!(source.publisher().is_closed());
+}
+
+#[test]
+fn counters_and_histograms_reach_the_metrics_facade() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+            let publisher = source.publisher();
+            let handle = job(&source, &cache).name("metrics-test").spawn();
+            publisher.publish("ok", secret_event("db-password").event_grid_bytes());
+            publisher.publish("ignored", to_bytes(&storage_blob_created()));
+            publisher.publish("bad", b"not json".to_vec());
+            publisher.wait_for_settlements(3).await;
+            handle.shutdown().await.unwrap();
+        })
+    });
+
+    let mut counters = std::collections::BTreeMap::new();
+    let mut histogram_samples = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert(name, n);
+            }
+            DebugValue::Histogram(samples) => {
+                histogram_samples.insert(name, samples.len());
+            }
+            DebugValue::Gauge(_) => {}
+        }
+    }
+    let expect = |name: &str, n: u64| {
+        assert_eq!(counters.get(name), Some(&n), "{name} in {counters:#?}");
+    };
+    expect(
+        "keyvault_invalidator_deliveries_received_total{job=metrics-test}",
+        3,
+    );
+    expect(
+        "keyvault_invalidator_events_invalidated_total{job=metrics-test}",
+        1,
+    );
+    expect(
+        "keyvault_invalidator_events_ignored_total{job=metrics-test}",
+        1,
+    );
+    expect(
+        "keyvault_invalidator_deliveries_completed_total{job=metrics-test}",
+        2,
+    );
+    expect("keyvault_invalidator_deliveries_dead_lettered_total{job=metrics-test,reason=MalformedPayload}", 1);
+    expect(
+        "keyvault_invalidator_deliveries_abandoned_total{job=metrics-test}",
+        0,
+    );
+    expect(
+        "keyvault_invalidator_receive_errors_total{job=metrics-test}",
+        0,
+    );
+    assert_eq!(
+        histogram_samples.get("keyvault_invalidator_processing_seconds{job=metrics-test}"),
+        Some(&3)
+    );
+    assert_eq!(
+        histogram_samples.get("keyvault_invalidator_event_age_seconds{job=metrics-test}"),
+        Some(&2),
+        "one age per timed event: the Key Vault event and the blob event"
+    );
+}

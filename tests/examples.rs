@@ -1,0 +1,110 @@
+//! The examples work as the README says: the quickstart exits 0 showing the new version, and
+//! `inspect` prints one JSON line per event or one `error:` line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// `cargo test` builds the examples next to the test binaries' directory.
+fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let dir = deps.parent().unwrap().parent().unwrap().join("examples");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} was not built; run `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn inspect(body: &[u8]) -> Output {
+    let mut child = Command::new(example("inspect"))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn quickstart_shows_the_new_version_after_the_event_and_exits_zero() {
+    let output = Command::new(example("quickstart"))
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "quickstart failed: {stdout}");
+    let reads: Vec<&str> = stdout.lines().filter(|l| l.starts_with("read ")).collect();
+    assert_eq!(reads.len(), 4, "{stdout}");
+    assert!(
+        reads[2].contains("version 000001 (stale until the event arrives)"),
+        "{stdout}"
+    );
+    assert!(reads[3].contains("version 000002"), "{stdout}");
+    assert!(
+        stdout.contains("job    received 1, invalidated 1, ignored 0, dead-lettered 0"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("SharedAccessKey"),
+        "the secret value must never be printed"
+    );
+}
+
+#[test]
+fn inspect_prints_one_json_object_per_event() {
+    let body = keyvault_invalidator_testkit::events::batch([
+        keyvault_invalidator_testkit::KeyVaultEventBuilder::secret_new_version("db-password")
+            .vault("prod-kv")
+            .version("0123456789abcdef0123456789abcdef")
+            .id("e1")
+            .cloud_event(),
+        keyvault_invalidator_testkit::events::storage_blob_created(),
+    ]);
+    let output = inspect(&body);
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({
+                "event_type": "Microsoft.KeyVault.SecretNewVersionCreated",
+                "id": "e1",
+                "vault": "prod-kv",
+                "object_type": "Secret",
+                "name": "db-password",
+                "version": "0123456789abcdef0123456789abcdef",
+            }),
+            serde_json::json!({
+                "event_type": "Microsoft.Storage.BlobCreated",
+                "id": "831e1650-001e-001b-66ab-eeb76e069631",
+                "vault": null,
+                "object_type": null,
+                "name": null,
+                "version": null,
+            }),
+        ]
+    );
+}
+
+#[test]
+fn inspect_reports_an_unacceptable_payload_on_one_error_line_and_exits_one() {
+    let output = inspect(
+        b"{\"id\":\"x\",\"eventType\":\"Microsoft.KeyVault.SecretNewVersionCreated\",\"data\":{}}",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        "error: event 0 (id \"x\"): Key Vault event `Microsoft.KeyVault.SecretNewVersionCreated` names no object (looked in data.Id, data.ObjectName and subject)\n"
+    );
+}
