@@ -12,6 +12,25 @@ fn value(secret: &keyvault_invalidator_core::Secret) -> String {
     secret.value().expose_secret().to_owned()
 }
 
+/// Starts `readers` reads of `name` at once and returns the values they saw.
+async fn read_concurrently<P: SecretProvider + 'static>(
+    cache: &Arc<CachedSecretProvider<P>>,
+    name: &'static str,
+    readers: usize,
+) -> Vec<String> {
+    let tasks: Vec<_> = (0..readers)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { value(&cache.get(name).await.unwrap()) })
+        })
+        .collect();
+    let mut seen = Vec::with_capacity(readers);
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_thousand_concurrent_readers_of_a_cold_secret_cause_one_provider_call() {
     let vault = InMemoryVault::new();
@@ -19,15 +38,8 @@ async fn a_thousand_concurrent_readers_of_a_cold_secret_cause_one_provider_call(
     vault.set_latency(Duration::from_millis(50));
     let cache = Arc::new(CachedSecretProvider::new(vault.clone()));
 
-    let readers: Vec<_> = (0..1000)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { value(&cache.get("db-password").await.unwrap()) })
-        })
-        .collect();
-    for reader in readers {
-        assert_eq!(reader.await.unwrap(), "v1");
-    }
+    let seen = read_concurrently(&cache, "db-password", 1000).await;
+    assert_eq!(seen, vec!["v1".to_owned(); 1000]);
     assert_eq!(vault.calls("db-password"), 1);
     let stats = cache.stats();
     assert_eq!((stats.loads, stats.hits + stats.misses), (1, 1000));
@@ -43,15 +55,8 @@ async fn a_thousand_readers_right_after_an_invalidation_cause_one_more_call_and_
     vault.rotate("db-password", "v2");
     vault.set_latency(Duration::from_millis(50));
     cache.invalidate("db-password").await.unwrap();
-    let readers: Vec<_> = (0..1000)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { value(&cache.get("db-password").await.unwrap()) })
-        })
-        .collect();
-    for reader in readers {
-        assert_eq!(reader.await.unwrap(), "v2");
-    }
+    let seen = read_concurrently(&cache, "db-password", 1000).await;
+    assert_eq!(seen, vec!["v2".to_owned(); 1000]);
     assert_eq!(vault.calls("db-password"), 2);
 }
 

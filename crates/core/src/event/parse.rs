@@ -265,7 +265,7 @@ fn read_cloud_event(envelope: Map<String, Value>) -> Result<(Header, Value), Par
         required_text(&envelope, field)?;
     }
     let sdk_input = sanitise_for_sdk(envelope, spec_version);
-    let event: cloudevents::Event =
+    let mut event: cloudevents::Event =
         serde_json::from_value(Value::Object(sdk_input)).map_err(|_| {
             ParseErrorKind::InvalidCloudEvent {
                 detail: "the data or an attribute does not have the type CloudEvents requires",
@@ -283,13 +283,14 @@ fn read_cloud_event(envelope: Map<String, Value>) -> Result<(Header, Value), Par
         time: event.time().copied(),
         schema: EventSchema::CloudEvents,
     };
-    let data = match event.data() {
-        Some(cloudevents::Data::Json(value)) => value.clone(),
+    let (_, _, data) = event.take_data();
+    let data = match data {
+        Some(cloudevents::Data::Json(value)) => value,
         Some(cloudevents::Data::String(text)) => {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
         }
         Some(cloudevents::Data::Binary(bytes)) => {
-            serde_json::from_slice(bytes).unwrap_or(Value::Null)
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         }
         None => Value::Null,
     };
