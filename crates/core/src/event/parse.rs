@@ -175,6 +175,7 @@ fn parse_event(index: usize, value: Value) -> Result<Event, ParseError> {
         Err(ParseErrorKind::UnknownEnvelope)
     };
     let (header, data) = parsed.map_err(|kind| fail(id_for_errors.clone(), kind))?;
+    let data = unwrap_stringified(data);
     let kind = classify(&header, &data).map_err(|kind| fail(id_for_errors, kind))?;
     Ok(Event {
         id: header.id,
@@ -185,6 +186,17 @@ fn parse_event(index: usize, value: Value) -> Result<Event, ParseError> {
         schema: header.schema,
         kind,
     })
+}
+
+/// Some publishers put the data object in as a JSON string; read it as the object it holds.
+/// Bounded like everything else: the string came out of the size-limited payload.
+fn unwrap_stringified(data: Value) -> Value {
+    match data {
+        Value::String(text) if text.trim_start().starts_with('{') => {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        }
+        other => other,
+    }
 }
 
 /// The envelope fields both schemas share.
@@ -310,14 +322,18 @@ fn sanitise_for_sdk(envelope: Map<String, Value>, spec_version: String) -> Map<S
         let value = match (key.as_str(), value) {
             ("specversion", _) => Value::String(spec_version.clone()),
             (_, Value::Null) => continue,
-            ("time", Value::String(t)) => match parse_time(&t) {
-                Some(_) => Value::String(t.trim().to_owned()),
-                None => continue,
-            },
+            ("time", Value::String(t)) if parse_time(&t).is_some() => {
+                Value::String(t.trim().to_owned())
+            }
+            ("time", _) => continue,
             ("dataschema", Value::String(s)) if url::Url::parse(s.trim()).is_err() => continue,
             ("datacontenttype", _) if data_is_structured => continue,
             (attribute, Value::String(s)) if CLOUD_EVENT_ATTRIBUTES.contains(&attribute) => {
                 Value::String(s.trim().to_owned())
+            }
+            // `required_text` accepted a numeric id; the SDK wants text.
+            (attribute, Value::Number(n)) if CLOUD_EVENT_ATTRIBUTES.contains(&attribute) => {
+                Value::String(n.to_string())
             }
             (attribute, _) if CLOUD_EVENT_ATTRIBUTES.contains(&attribute) => continue,
             ("data" | "data_base64", value) => value,
@@ -375,12 +391,15 @@ fn read_object_url(text: &str) -> Option<ObjectUrl> {
             .filter(|label| is_valid_vault_name(label)),
         ..ObjectUrl::default()
     };
-    let mut segments = url.path_segments()?.filter(|s| !s.is_empty());
+    // Name and version are positional after the collection: an empty segment (`secrets//v1`)
+    // means "no name", not "the next segment is the name".
+    let mut segments = url.path_segments()?.skip_while(|s| s.is_empty());
     if let Some(collection) = segments.next() {
         parts.object_type = ObjectType::from_collection(collection);
         if parts.object_type.is_some() {
-            parts.name = segments.next().map(str::to_owned);
-            parts.version = segments.next().map(str::to_owned);
+            let mut next = || segments.next().filter(|s| !s.is_empty()).map(str::to_owned);
+            parts.name = next();
+            parts.version = next();
         }
     }
     Some(parts)
@@ -388,11 +407,14 @@ fn read_object_url(text: &str) -> Option<ObjectUrl> {
 
 /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}`.
 fn vault_from_resource_path(path: &str) -> Option<String> {
-    let mut segments = path.split('/');
+    // Anchored on `Microsoft.KeyVault/vaults`: a resource group may itself be named `vaults`.
+    let segments: Vec<&str> = path.split('/').map(str::trim).collect();
     segments
-        .by_ref()
-        .find(|s| s.eq_ignore_ascii_case("vaults"))?;
-    segments.next().map(|s| s.trim().to_owned())
+        .windows(3)
+        .find(|w| {
+            w[0].eq_ignore_ascii_case("Microsoft.KeyVault") && w[1].eq_ignore_ascii_case("vaults")
+        })
+        .map(|w| w[2].to_owned())
 }
 
 fn read_key_vault(
@@ -435,6 +457,7 @@ fn read_key_vault(
             ("data.ObjectName", text("ObjectName")),
             ("data.VaultName", text("VaultName")),
             ("data.Id", vault.clone()),
+            ("subject", header.subject.clone()),
         ];
         pick_name(event_type, &candidates)?
     } else {
