@@ -417,6 +417,19 @@ async fn a_fatal_source_error_ends_the_job_with_that_error() {
     assert!(publisher.is_closed());
 }
 
+#[tokio::test]
+async fn a_source_closed_behind_the_jobs_back_ends_the_job() {
+    use keyvault_invalidator_core::EventSource;
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let handle = job(&source, &cache).spawn();
+
+    source.close().await.unwrap();
+    match handle.wait().await {
+        Err(JobError::Source(error)) => assert_eq!(error.kind, SourceErrorKind::Closed),
+        other => panic!("expected the job to end with the closed source, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_deliveries_finish_within_the_deadline() {
     let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());

@@ -210,7 +210,8 @@ pub enum JobState {
 /// Why a job stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    /// The source reported a fatal error (credentials that stay bad, an entity that is gone).
+    /// The source reported a fatal error (credentials that stay bad, an entity that is gone), or
+    /// was closed while the job was not shutting down.
     #[error("the event source failed: {0}")]
     Source(#[source] SourceError),
     /// The job's task panicked or was aborted.

@@ -131,7 +131,10 @@ impl Engine {
                     }
                 }
                 Err(error) => match error.kind {
-                    SourceErrorKind::Fatal => {
+                    SourceErrorKind::Closed if self.shutdown.is_cancelled() => return Ok(()),
+                    // A source closed behind the job's back never delivers again: as fatal as
+                    // bad credentials.
+                    SourceErrorKind::Fatal | SourceErrorKind::Closed => {
                         self.stats.receive_error();
                         tracing::error!(%error, "the event source failed fatally; the job stops");
                         let error = JobError::Source(error);
@@ -139,7 +142,6 @@ impl Engine {
                         *lock(&self.state) = JobState::Failed(error.to_string());
                         return Err(error);
                     }
-                    SourceErrorKind::Closed if self.shutdown.is_cancelled() => return Ok(()),
                     _ => {
                         self.stats.receive_error();
                         consecutive_failures = consecutive_failures.saturating_add(1);
