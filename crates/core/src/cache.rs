@@ -1,6 +1,7 @@
 //! What the job changes: the [`SecretCache`] trait.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 /// A cache of secrets that can be told a secret changed.
 #[async_trait]
@@ -9,11 +10,11 @@ pub trait SecretCache: Send + Sync {
     /// was cached.
     async fn invalidate(&self, key: &str) -> Result<(), CacheError>;
 
-    /// A new version of `key` exists (`version`, when the event named it). The default drops the
-    /// entry; a cache that knows versions may ignore a version it already holds or reload in the
-    /// background instead.
-    async fn new_version(&self, key: &str, version: Option<&str>) -> Result<(), CacheError> {
-        let _ = version;
+    /// A new version of `key` exists. The default drops the entry; a cache that knows versions
+    /// may ignore a version it already holds (or an older one) and reload in the background
+    /// instead.
+    async fn new_version(&self, key: &str, change: &NewVersion) -> Result<(), CacheError> {
+        let _ = change;
         self.invalidate(key).await
     }
 }
@@ -24,8 +25,29 @@ impl<C: SecretCache + ?Sized> SecretCache for std::sync::Arc<C> {
         (**self).invalidate(key).await
     }
 
-    async fn new_version(&self, key: &str, version: Option<&str>) -> Result<(), CacheError> {
-        (**self).new_version(key, version).await
+    async fn new_version(&self, key: &str, change: &NewVersion) -> Result<(), CacheError> {
+        (**self).new_version(key, change).await
+    }
+}
+
+/// What an event says about a new version of a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewVersion {
+    /// The new version's id, when the event named it.
+    pub version: Option<String>,
+    /// When the event says it happened (its `eventTime`/`time`): lets a cache tell an event for
+    /// an older version from one for a newer version, since Key Vault's version ids are not
+    /// ordered.
+    pub event_time: Option<DateTime<Utc>>,
+}
+
+impl NewVersion {
+    /// A change to `version`, at no known time.
+    pub fn to(version: impl Into<String>) -> Self {
+        NewVersion {
+            version: Some(version.into()),
+            event_time: None,
+        }
     }
 }
 

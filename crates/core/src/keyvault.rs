@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::cache::SecretCache;
+use crate::cache::{NewVersion, SecretCache};
 use crate::event::{Event, EventKind, KeyVaultEventType};
 use crate::invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
 
@@ -115,7 +115,11 @@ impl<C: SecretCache> Invalidator for KeyVaultInvalidator<C> {
                 | KeyVaultEventType::CertificateNewVersionCreated
         );
         if is_new_version {
-            self.cache.new_version(&key, kv.version.as_deref()).await?;
+            let change = NewVersion {
+                version: kv.version.clone(),
+                event_time: event.time,
+            };
+            self.cache.new_version(&key, &change).await?;
         } else {
             self.cache.invalidate(&key).await?;
         }

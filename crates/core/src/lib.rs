@@ -28,7 +28,7 @@ mod keyvault;
 mod provider;
 mod source;
 
-pub use cache::{CacheError, SecretCache};
+pub use cache::{CacheError, NewVersion, SecretCache};
 pub use event::{parse_events, Event, EventKind, KeyVaultEvent, KeyVaultEventType, ParseError};
 pub use invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
 pub use job::{Backoff, Job, JobBuilder, JobError, JobHandle, JobOptions, JobState, StatsSnapshot};

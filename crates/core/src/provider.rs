@@ -28,6 +28,7 @@ pub struct Secret {
     value: SecretString,
     version: Option<String>,
     expires_on: Option<DateTime<Utc>>,
+    created_on: Option<DateTime<Utc>>,
 }
 
 impl Secret {
@@ -37,6 +38,7 @@ impl Secret {
             value: SecretString::from(value.into()),
             version: None,
             expires_on: None,
+            created_on: None,
         }
     }
 
@@ -50,6 +52,17 @@ impl Secret {
     pub fn with_expiry(mut self, expires_on: DateTime<Utc>) -> Self {
         self.expires_on = Some(expires_on);
         self
+    }
+
+    /// Sets when this version was created (Key Vault's `attributes.created`).
+    pub fn with_created_on(mut self, created_on: DateTime<Utc>) -> Self {
+        self.created_on = Some(created_on);
+        self
+    }
+
+    /// When this version was created, when the provider knows.
+    pub fn created_on(&self) -> Option<DateTime<Utc>> {
+        self.created_on
     }
 
     /// The value. Exposing it is explicit: see [`secrecy::ExposeSecret`].
@@ -74,6 +87,7 @@ impl fmt::Debug for Secret {
             .field("value", &"[redacted]")
             .field("version", &self.version)
             .field("expires_on", &self.expires_on)
+            .field("created_on", &self.created_on)
             .finish()
     }
 }

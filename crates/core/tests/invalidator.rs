@@ -2,7 +2,7 @@
 
 use keyvault_invalidator_core::{
     parse_events, Event, IgnoreReason, Invalidator, KeyVaultEventType, KeyVaultInvalidator,
-    NameMapping, Outcome,
+    NameMapping, NewVersion, Outcome,
 };
 use keyvault_invalidator_testkit::events::{
     storage_blob_created, subscription_validation, to_bytes,
@@ -14,26 +14,36 @@ fn event(body: &[u8]) -> Event {
     parse_events(body).unwrap().remove(0)
 }
 
-fn expect_one_invalidation(key: &'static str) -> MockSecretCache {
+/// The builder's default version and event time.
+const VERSION: &str = "ee059b2bb5bc48398a53b168c6cdcb10";
+const EVENT_TIME: &str = "2019-07-25T01:08:33.1036736Z";
+
+fn expect_one_new_version(key: &'static str) -> MockSecretCache {
     let mut cache = MockSecretCache::new();
+    let expected = NewVersion {
+        version: Some(VERSION.to_owned()),
+        event_time: Some(EVENT_TIME.parse().unwrap()),
+    };
     cache
-        .expect_invalidate()
-        .withf(move |k| k == key)
+        .expect_new_version()
+        .withf(move |k, change| k == key && *change == expected)
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
+    cache.expect_invalidate().never();
     cache
 }
 
 fn expect_nothing() -> MockSecretCache {
     let mut cache = MockSecretCache::new();
     cache.expect_invalidate().never();
+    cache.expect_new_version().never();
     cache
 }
 
 #[tokio::test]
 async fn a_new_version_from_an_allowed_vault_invalidates_the_mapped_key_once() {
     let invalidator =
-        KeyVaultInvalidator::builder(expect_one_invalidation("ServiceBus:ConnectionString"))
+        KeyVaultInvalidator::builder(expect_one_new_version("ServiceBus:ConnectionString"))
             .allow_vault("Sample-KV")
             .name_mapping(NameMapping::replace("--", ":"))
             .build();
@@ -80,7 +90,7 @@ async fn with_an_allow_list_an_event_naming_no_vault_is_ignored() {
 
 #[tokio::test]
 async fn without_an_allow_list_every_vault_is_accepted() {
-    let invalidator = KeyVaultInvalidator::new(expect_one_invalidation("db-password"));
+    let invalidator = KeyVaultInvalidator::new(expect_one_new_version("db-password"));
     let body = KeyVaultEventBuilder::secret_new_version("db-password")
         .vault("any-kv")
         .event_grid_bytes();
@@ -116,7 +126,7 @@ async fn other_event_types_and_other_events_are_ignored_with_their_reason() {
 #[tokio::test]
 async fn a_cache_failure_comes_back_with_its_retry_class() {
     let mut cache = MockSecretCache::new();
-    cache.expect_invalidate().times(1).returning(|key| {
+    cache.expect_new_version().times(1).returning(|key, _| {
         Err(keyvault_invalidator_core::CacheError::retryable(
             key,
             "backend busy",

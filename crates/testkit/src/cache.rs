@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use keyvault_invalidator_core::{CacheError, SecretCache};
+use keyvault_invalidator_core::{CacheError, NewVersion, SecretCache};
 use tokio::sync::watch;
 
 /// Records every invalidation in order. Clones share the record.
@@ -48,7 +48,7 @@ pub enum CacheCall {
         /// Whether it succeeded.
         succeeded: bool,
     },
-    /// `new_version(key, version)`.
+    /// `new_version(key, change)`.
     NewVersion {
         /// The key.
         key: String,
@@ -198,10 +198,10 @@ impl SecretCache for RecordingCache {
         .await
     }
 
-    async fn new_version(&self, key: &str, version: Option<&str>) -> Result<(), CacheError> {
+    async fn new_version(&self, key: &str, change: &NewVersion) -> Result<(), CacheError> {
         self.record(key, |succeeded| CacheCall::NewVersion {
             key: key.to_owned(),
-            version: version.map(str::to_owned),
+            version: change.version.clone(),
             succeeded,
         })
         .await

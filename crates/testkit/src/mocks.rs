@@ -16,8 +16,8 @@
 
 use keyvault_invalidator_core::{
     async_trait, CacheError, Delivery, DeliveryToken, Event, EventSource, InvalidationError,
-    Invalidator, Outcome, ProviderError, Secret, SecretCache, SecretProvider, Settlement,
-    SourceError,
+    Invalidator, NewVersion, Outcome, ProviderError, Secret, SecretCache, SecretProvider,
+    Settlement, SourceError,
 };
 
 mockall::mock! {
@@ -33,14 +33,13 @@ mockall::mock! {
 }
 
 mockall::mock! {
-    /// A scripted [`SecretCache`]. `new_version` keeps its default (it calls `invalidate`), so
-    /// `expect_invalidate` sees both kinds of call; mockall cannot mock an `Option<&str>`
-    /// argument.
+    /// A scripted [`SecretCache`].
     pub SecretCache {}
 
     #[async_trait]
     impl SecretCache for SecretCache {
         async fn invalidate(&self, key: &str) -> Result<(), CacheError>;
+        async fn new_version(&self, key: &str, change: &NewVersion) -> Result<(), CacheError>;
     }
 }
 
