@@ -74,6 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let event = KeyVaultEventBuilder::secret_new_version(SECRET)
         .vault(VAULT)
         .version(&v2)
+        .now()
         .cloud_event_bytes();
     let published = Instant::now();
     publisher.publish("rotation-1", event);

@@ -11,7 +11,9 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `moka` | yes | [`CachedSecretProvider`], the moka-backed cache |
+//! | `moka` | yes | [`CachedSecretProvider`], the moka-backed cache (refresh-ahead, version aware) |
+//! | `secrets` | no | `secrets`: environment and static providers, the composite `SecretStore` |
+//! | `azure` | no | `secrets::KeyVaultProvider` on the official Azure SDK (implies `secrets`) |
 //! | `testkit` | no | `testkit`: in-memory source, vault, recording cache, event builders |
 //!
 //! ```
@@ -30,7 +32,7 @@
 //!
 //! assert_eq!(cache.get("db-password").await?.value().expose_secret(), "v1");
 //! let v2 = vault.rotate("db-password", "v2");
-//! publisher.publish("m1", KeyVaultEventBuilder::secret_new_version("db-password").version(&v2).event_grid_bytes());
+//! publisher.publish("m1", KeyVaultEventBuilder::secret_new_version("db-password").version(&v2).now().event_grid_bytes());
 //! publisher.wait_for_settlements(1).await;
 //! assert_eq!(cache.get("db-password").await?.value().expose_secret(), "v2");
 //!
@@ -44,8 +46,13 @@ pub use keyvault_invalidator_core::*;
 /// The moka-backed cache.
 #[cfg(feature = "moka")]
 pub use keyvault_invalidator_moka::{
-    CacheStats, CachedSecretProvider, CachedSecretProviderBuilder,
+    CacheOptions, CacheStats, CachedSecretProvider, CachedSecretProviderBuilder, RefreshMode,
+    SecretInfo,
 };
+
+/// Secret providers (feature `secrets`; Azure Key Vault with feature `azure`).
+#[cfg(feature = "secrets")]
+pub use keyvault_invalidator_secrets as secrets;
 
 /// Test doubles and the conformance suite (feature `testkit`).
 #[cfg(feature = "testkit")]
@@ -54,7 +61,7 @@ pub use keyvault_invalidator_testkit as testkit;
 /// What most applications need, in one import.
 pub mod prelude {
     #[cfg(feature = "moka")]
-    pub use keyvault_invalidator_moka::CachedSecretProvider;
+    pub use keyvault_invalidator_moka::{CachedSecretProvider, RefreshMode};
 
     pub use keyvault_invalidator_core::secrecy::ExposeSecret;
     pub use keyvault_invalidator_core::{

@@ -56,6 +56,26 @@ fn quickstart_shows_the_new_version_after_the_event_and_exits_zero() {
 }
 
 #[test]
+fn refresh_ahead_shows_a_reader_that_never_stalls_and_the_notification() {
+    let output = Command::new(example("refresh_ahead")).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "refresh_ahead failed: {stdout}");
+    assert!(
+        stdout.contains("notified: db-password is now version …000002"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("reader: version …000002 after"), "{stdout}");
+    assert!(
+        stdout.contains("vault calls for db-password: 2 (cold read + one refresh)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("first password") && !stdout.contains("second password"),
+        "values are never printed"
+    );
+}
+
+#[test]
 fn inspect_prints_one_json_object_per_event() {
     let body = keyvault_invalidator_testkit::events::batch([
         keyvault_invalidator_testkit::KeyVaultEventBuilder::secret_new_version("db-password")

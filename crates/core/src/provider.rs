@@ -29,6 +29,7 @@ pub struct Secret {
     version: Option<String>,
     expires_on: Option<DateTime<Utc>>,
     created_on: Option<DateTime<Utc>>,
+    not_before: Option<DateTime<Utc>>,
 }
 
 impl Secret {
@@ -39,6 +40,7 @@ impl Secret {
             version: None,
             expires_on: None,
             created_on: None,
+            not_before: None,
         }
     }
 
@@ -58,6 +60,17 @@ impl Secret {
     pub fn with_created_on(mut self, created_on: DateTime<Utc>) -> Self {
         self.created_on = Some(created_on);
         self
+    }
+
+    /// Sets when this version becomes valid (Key Vault's `attributes.nbf`).
+    pub fn with_not_before(mut self, not_before: DateTime<Utc>) -> Self {
+        self.not_before = Some(not_before);
+        self
+    }
+
+    /// When this version becomes valid, when set.
+    pub fn not_before(&self) -> Option<DateTime<Utc>> {
+        self.not_before
     }
 
     /// When this version was created, when the provider knows.
@@ -88,6 +101,7 @@ impl fmt::Debug for Secret {
             .field("version", &self.version)
             .field("expires_on", &self.expires_on)
             .field("created_on", &self.created_on)
+            .field("not_before", &self.not_before)
             .finish()
     }
 }

@@ -120,6 +120,13 @@ impl KeyVaultEventBuilder {
         self
     }
 
+    /// Stamps the event with the current time. The default time is the documentation sample's
+    /// (2019), which a version-aware cache rightly reads as older than any version created
+    /// since: use this for rotations that happen now.
+    pub fn now(self) -> Self {
+        self.time(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    }
+
     /// How `NBF`/`EXP` are written (default numbers).
     pub fn times(mut self, style: TimeStyle) -> Self {
         self.time_style = style;

@@ -14,6 +14,8 @@
 mod cache;
 pub mod conformance;
 pub mod events;
+#[cfg(feature = "keyvault-standin")]
+pub mod keyvault_standin;
 pub mod mocks;
 mod source;
 mod vault;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
 
 /// Secrets with versions, looked up without regard to case as Key Vault does. Clones share the
@@ -32,7 +33,8 @@ pub struct InMemoryVault {
 
 #[derive(Default)]
 struct State {
-    secrets: HashMap<String, Vec<(String, String)>>,
+    /// Per name: (version, value, created), oldest first.
+    secrets: HashMap<String, Vec<(String, String, DateTime<Utc>)>>,
     calls: HashMap<String, usize>,
     next_version: u64,
     latency: Duration,
@@ -55,7 +57,7 @@ impl InMemoryVault {
             .secrets
             .entry(name.to_ascii_lowercase())
             .or_default()
-            .push((version.clone(), value.to_owned()));
+            .push((version.clone(), value.to_owned(), Utc::now()));
         version
     }
 
@@ -70,7 +72,7 @@ impl InMemoryVault {
             .secrets
             .get(&name.to_ascii_lowercase())
             .and_then(|versions| versions.last())
-            .map(|(version, _)| version.clone())
+            .map(|(version, _, _)| version.clone())
     }
 
     /// How many times `name` was read.
@@ -114,9 +116,9 @@ impl SecretProvider for InMemoryVault {
             let answer = match state.faults.pop_front() {
                 Some(kind) => Err(ProviderError::new(name, kind, "injected failure")),
                 None => match state.secrets.get(&key).and_then(|versions| versions.last()) {
-                    Some((version, value)) => {
-                        Ok(Secret::new(value.clone()).with_version(version.clone()))
-                    }
+                    Some((version, value, created)) => Ok(Secret::new(value.clone())
+                        .with_version(version.clone())
+                        .with_created_on(*created)),
                     None => Err(ProviderError::not_found(name)),
                 },
             };

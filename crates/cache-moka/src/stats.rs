@@ -1,0 +1,82 @@
+//! Counters a user can read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) loads: AtomicU64,
+    pub(crate) load_errors: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) stale_serves: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) duplicate_events: AtomicU64,
+    pub(crate) older_events: AtomicU64,
+    pub(crate) overtaken_loads: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The cache's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads served from the cache.
+    pub hits: u64,
+    /// Reads that found nothing usable and loaded (or fell back to a stale value).
+    pub misses: u64,
+    /// Calls to the provider, of any kind.
+    pub loads: u64,
+    /// Provider calls that failed.
+    pub load_errors: u64,
+    /// New values swapped in by refresh-ahead.
+    pub refreshes: u64,
+    /// Reads answered with a value known to be out of date because the provider was failing.
+    pub stale_serves: u64,
+    /// Invalidations (explicit, or events in invalidate mode).
+    pub invalidations: u64,
+    /// New-version events for the version already cached: nothing to do.
+    pub duplicate_events: u64,
+    /// New-version events for a version older than the cached one: nothing to do.
+    pub older_events: u64,
+    /// Loads whose result an invalidation made stale before it was used.
+    pub overtaken_loads: u64,
+    /// Entries in the cache now (approximate, as moka counts them).
+    pub entries: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, entries: u64) -> CacheStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            loads: get(&self.loads),
+            load_errors: get(&self.load_errors),
+            refreshes: get(&self.refreshes),
+            stale_serves: get(&self.stale_serves),
+            invalidations: get(&self.invalidations),
+            duplicate_events: get(&self.duplicate_events),
+            older_events: get(&self.older_events),
+            overtaken_loads: get(&self.overtaken_loads),
+            entries,
+        }
+    }
+}
+
+/// What the cache holds for one secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretInfo {
+    /// The cache key (the name, lower-cased).
+    pub key: String,
+    /// The cached version, when the provider gave one.
+    pub version: Option<String>,
+    /// How long ago the value was loaded.
+    pub age: Duration,
+    /// How long the value has been due for replacement without a successful refresh (a refresh
+    /// is pending or failing).
+    pub overdue: Option<Duration>,
+}

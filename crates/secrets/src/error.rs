@@ -1,0 +1,88 @@
+//! Errors of this crate besides [`ProviderError`]: configuration mistakes, and the per-provider
+//! detail behind a [`SecretStore`](crate::SecretStore) failure.
+
+use std::fmt;
+
+use keyvault_invalidator_core::ProviderError;
+
+/// A provider could not be set up: a malformed vault URL, a blank client id, a credential the
+/// Azure SDK refused to create. Never holds a secret value.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ConfigError {
+    #[cfg(feature = "azure")]
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    #[cfg(feature = "azure")]
+    pub(crate) fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
+/// What one provider of a [`SecretStore`](crate::SecretStore) answered when the store could not
+/// return a secret.
+#[derive(Debug)]
+pub struct ProviderFailure {
+    /// The label the provider was added with.
+    pub provider: String,
+    /// Its error; `error.name` is the name the provider was asked for (after its name mapping).
+    pub error: ProviderError,
+}
+
+/// The [`source`](std::error::Error::source) of a [`ProviderError`] returned by a
+/// [`SecretStore`](crate::SecretStore): every provider's answer, in the order they were asked.
+/// The error's message already lists them; this is for code that wants to inspect them.
+///
+/// ```
+/// use keyvault_invalidator_core::{ProviderErrorKind, SecretProvider};
+/// use keyvault_invalidator_secrets::{SecretStore, StaticProvider, StoreFailures};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = SecretStore::builder()
+///     .add("defaults", StaticProvider::new([("other", "x")]))
+///     .build();
+/// let error = store.get_secret("db-password").await.unwrap_err();
+/// assert_eq!(error.kind, ProviderErrorKind::NotFound);
+/// let failures = error.source.as_ref().and_then(|s| s.downcast_ref::<StoreFailures>()).unwrap();
+/// assert_eq!(failures.failures()[0].provider, "defaults");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct StoreFailures {
+    failures: Vec<ProviderFailure>,
+}
+
+impl StoreFailures {
+    pub(crate) fn new(failures: Vec<ProviderFailure>) -> Self {
+        StoreFailures { failures }
+    }
+
+    /// Each provider's answer, in order.
+    pub fn failures(&self) -> &[ProviderFailure] {
+        &self.failures
+    }
+}
+
+impl fmt::Display for StoreFailures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short on purpose: the store's error message already lists every failure.
+        write!(f, "{} provider answer(s)", self.failures.len())
+    }
+}
+
+impl std::error::Error for StoreFailures {}
