@@ -490,6 +490,16 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         }
     }
 
+    /// Whether `change` is about a version newer than `entry`'s; counts the ones that are not.
+    fn is_news(&self, entry: &Entry, change: &NewVersion) -> bool {
+        match Self::classify(entry, change) {
+            Change::Duplicate => bump(&self.inner.counters.duplicate_events),
+            Change::Older => bump(&self.inner.counters.older_events),
+            Change::Newer => return true,
+        }
+        false
+    }
+
     /// Loads the current version and swaps it in, one refresh per key at a time. With a
     /// `change`, skips the call when a refresh that finished meanwhile already brought that
     /// version (or a newer one) in.
@@ -502,16 +512,8 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         let state = self.state(key);
         let _one_at_a_time = state.refresh.lock().await;
         if let (Some(change), Some(entry)) = (change, self.fresh_entry(key).await) {
-            match Self::classify(&entry, change) {
-                Change::Duplicate => {
-                    bump(&self.inner.counters.duplicate_events);
-                    return Ok(());
-                }
-                Change::Older => {
-                    bump(&self.inner.counters.older_events);
-                    return Ok(());
-                }
-                Change::Newer => {}
+            if !self.is_news(&entry, change) {
+                return Ok(());
             }
         }
         match self.load(key, name).await {
@@ -614,16 +616,8 @@ impl<P: SecretProvider + 'static> SecretCache for CachedSecretProvider<P> {
             self.drop_entry(&key).await;
             return Ok(());
         };
-        match Self::classify(&entry, change) {
-            Change::Duplicate => {
-                bump(&self.inner.counters.duplicate_events);
-                return Ok(());
-            }
-            Change::Older => {
-                bump(&self.inner.counters.older_events);
-                return Ok(());
-            }
-            Change::Newer => {}
+        if !self.is_news(&entry, change) {
+            return Ok(());
         }
         if self.inner.options.mode == RefreshMode::Invalidate {
             self.drop_entry(&key).await;

@@ -150,13 +150,7 @@ impl fmt::Debug for EnvProvider {
 #[async_trait]
 impl SecretProvider for EnvProvider {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
-        if name.trim().is_empty() {
-            return Err(ProviderError::new(
-                name,
-                ProviderErrorKind::InvalidName,
-                "a secret name cannot be blank",
-            ));
-        }
+        crate::error::reject_blank(name)?;
         let variable = self.variable_name(name);
         // The platform cannot hold these; std may even panic on them on some platforms.
         if variable.is_empty() || variable.contains(['=', '\0']) {

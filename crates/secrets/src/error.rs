@@ -3,7 +3,20 @@
 
 use std::fmt;
 
-use keyvault_invalidator_core::ProviderError;
+use keyvault_invalidator_core::{ProviderError, ProviderErrorKind};
+
+/// Refuses a blank name before any lookup: no provider can hold one, and an empty key would
+/// otherwise surface as a confusing "not found".
+pub(crate) fn reject_blank(name: &str) -> Result<(), ProviderError> {
+    if name.trim().is_empty() {
+        return Err(ProviderError::new(
+            name,
+            ProviderErrorKind::InvalidName,
+            "a secret name cannot be blank",
+        ));
+    }
+    Ok(())
+}
 
 /// A provider could not be set up: a malformed vault URL, a blank client id, a credential the
 /// Azure SDK refused to create. Never holds a secret value.

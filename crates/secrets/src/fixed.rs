@@ -5,7 +5,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use keyvault_invalidator_core::secrecy::{ExposeSecret, SecretString};
-use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
+use keyvault_invalidator_core::{ProviderError, Secret, SecretProvider};
 
 /// Secrets held in memory, built from name/value pairs; versions are optional. Names are
 /// matched without regard to ASCII case, as Key Vault matches them. `Debug` shows the names,
@@ -94,13 +94,7 @@ impl fmt::Debug for StaticProvider {
 #[async_trait]
 impl SecretProvider for StaticProvider {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
-        if name.trim().is_empty() {
-            return Err(ProviderError::new(
-                name,
-                ProviderErrorKind::InvalidName,
-                "a secret name cannot be blank",
-            ));
-        }
+        crate::error::reject_blank(name)?;
         let entry = self
             .secrets
             .get(&name.to_ascii_lowercase())

@@ -104,13 +104,7 @@ impl fmt::Debug for SecretStore {
 #[async_trait]
 impl SecretProvider for SecretStore {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
-        if name.trim().is_empty() {
-            return Err(ProviderError::new(
-                name,
-                ProviderErrorKind::InvalidName,
-                "a secret name cannot be blank",
-            ));
-        }
+        crate::error::reject_blank(name)?;
         let mut answers = Vec::new();
         for source in self.sources.iter() {
             let asked = source.name_for(name);
