@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyvault_invalidator_core::secrecy::{ExposeSecret, SecretString};
-use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
+use keyvault_invalidator_core::{
+    NameMapping, ProviderError, ProviderErrorKind, Secret, SecretProvider,
+};
 
 use crate::error::{ProviderFailure, StoreFailures};
-
-type NameFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 /// Providers asked in order, the way Arcus' secret store asks them.
 ///
@@ -37,7 +37,7 @@ type NameFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
 /// providers. Nothing is ever logged about values.
 ///
 /// ```
-/// use keyvault_invalidator_core::{secrecy::ExposeSecret, SecretProvider};
+/// use keyvault_invalidator_core::{secrecy::ExposeSecret, NameMapping, SecretProvider};
 /// use keyvault_invalidator_secrets::{EnvProvider, SecretStore, StaticProvider};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,7 +45,7 @@ type NameFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
 /// let store = SecretStore::builder()
 ///     .add("environment", EnvProvider::builder().vars([("DB_PASSWORD", "from-env")]).build())
 ///     // Key Vault names cannot hold ':', so `ServiceBus:ConnectionString` is stored as `ServiceBus--ConnectionString`.
-///     .add_with_names("key-vault", vault, |name| name.replace(':', "--"))
+///     .add_with_names("key-vault", vault, NameMapping::replace(":", "--"))
 ///     .build();
 ///
 /// assert_eq!(store.get_secret("db-password").await?.value().expose_secret(), "from-env");
@@ -61,16 +61,8 @@ pub struct SecretStore {
 struct Source {
     label: String,
     provider: Arc<dyn SecretProvider>,
-    names: Option<NameFn>,
-}
-
-impl Source {
-    fn name_for(&self, name: &str) -> String {
-        match &self.names {
-            Some(map) => map(name),
-            None => name.to_owned(),
-        }
-    }
+    /// The name this provider is asked for, given the name asked of the store.
+    names: NameMapping,
 }
 
 impl SecretStore {
@@ -107,7 +99,7 @@ impl SecretProvider for SecretStore {
         crate::error::reject_blank(name)?;
         let mut answers = Vec::new();
         for source in self.sources.iter() {
-            let asked = source.name_for(name);
+            let asked = source.names.apply(name);
             match source.provider.get_secret(&asked).await {
                 Ok(secret) => {
                     tracing::debug!(secret = name, provider = %source.label, "secret read");
@@ -269,18 +261,23 @@ pub struct SecretStoreBuilder {
 impl SecretStoreBuilder {
     /// Adds `provider`, asked after those added before. `label` names it in logs and errors.
     pub fn add(self, label: impl Into<String>, provider: impl SecretProvider + 'static) -> Self {
-        self.push(label.into(), Arc::new(provider), None)
+        self.add_with_names(label, provider, NameMapping::identity())
     }
 
-    /// Adds `provider`, asking it for `names(name)` instead of `name`: for example
-    /// `|name| name.replace(':', "--")` for Key Vault, whose names cannot hold `:`.
+    /// Adds `provider`, asking it for the mapped name instead of the store's: for example
+    /// `NameMapping::replace(":", "--")` for Key Vault, whose names cannot hold `:`.
     pub fn add_with_names(
-        self,
+        mut self,
         label: impl Into<String>,
         provider: impl SecretProvider + 'static,
-        names: impl Fn(&str) -> String + Send + Sync + 'static,
+        names: NameMapping,
     ) -> Self {
-        self.push(label.into(), Arc::new(provider), Some(Arc::new(names)))
+        self.sources.push(Source {
+            label: label.into(),
+            provider: Arc::new(provider),
+            names,
+        });
+        self
     }
 
     /// The store.
@@ -288,20 +285,6 @@ impl SecretStoreBuilder {
         SecretStore {
             sources: self.sources.into(),
         }
-    }
-
-    fn push(
-        mut self,
-        label: String,
-        provider: Arc<dyn SecretProvider>,
-        names: Option<NameFn>,
-    ) -> Self {
-        self.sources.push(Source {
-            label,
-            provider,
-            names,
-        });
-        self
     }
 }
 

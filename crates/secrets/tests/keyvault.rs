@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::DateTime;
 use keyvault_invalidator_core::secrecy::ExposeSecret;
-use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, SecretProvider};
+use keyvault_invalidator_core::{NameMapping, ProviderError, ProviderErrorKind, SecretProvider};
 use keyvault_invalidator_secrets::azure_core::http::{FixedRetryOptions, RetryOptions};
 use keyvault_invalidator_secrets::{KeyVaultProvider, SecretStore};
 use keyvault_invalidator_testkit::keyvault_standin::{
@@ -463,9 +463,11 @@ async fn a_store_maps_names_for_key_vault_and_reads_a_connection_string() {
         "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=k;EntityPath=t",
     );
     let store = SecretStore::builder()
-        .add_with_names("key-vault", provider(&standin), |name| {
-            name.replace(':', "--")
-        })
+        .add_with_names(
+            "key-vault",
+            provider(&standin),
+            NameMapping::replace(":", "--"),
+        )
         .build();
 
     let connection = store

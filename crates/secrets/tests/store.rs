@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyvault_invalidator_core::secrecy::ExposeSecret;
-use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
+use keyvault_invalidator_core::{
+    NameMapping, ProviderError, ProviderErrorKind, Secret, SecretProvider,
+};
 use keyvault_invalidator_secrets::{
     read_connection_string, EnvProvider, SecretStore, StaticProvider, StoreFailures,
 };
@@ -362,7 +364,7 @@ async fn each_provider_gets_its_own_name_mapping() {
     let env = Counting::new(EnvProvider::builder().vars([("UNRELATED", "x")]).build());
     let store = SecretStore::builder()
         .add("environment", env.clone())
-        .add_with_names("key-vault", vault.clone(), |name| name.replace(':', "--"))
+        .add_with_names("key-vault", vault.clone(), NameMapping::replace(":", "--"))
         .build();
 
     let secret = store
@@ -404,7 +406,7 @@ async fn reads_a_connection_string_in_one_line() {
         "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=s3cret;EntityPath=topic\n",
     );
     let store = SecretStore::builder()
-        .add_with_names("key-vault", vault.clone(), |n| n.replace(':', "--"))
+        .add_with_names("key-vault", vault.clone(), NameMapping::replace(":", "--"))
         .build();
 
     let connection = store
