@@ -1,0 +1,298 @@
+//! Where to connect and what to consume.
+
+use std::fmt;
+use std::time::Duration;
+
+use keyvault_invalidator_core::Backoff;
+use rand::Rng;
+
+/// The exchange Key Vault events are published to, by default.
+pub const DEFAULT_EXCHANGE: &str = "keyvault-events";
+/// The dead-letter exchange (and queue) declared alongside, by default.
+pub const DEFAULT_DEAD_LETTER: &str = "keyvault-events.dead-letter";
+/// How long an instance queue survives without a consumer: the safety net for crashed instances.
+pub const DEFAULT_IDLE_EXPIRY: Duration = Duration::from_secs(30 * 60);
+
+/// What the source consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueMode {
+    /// A queue of this instance's own, `{prefix}-{instance id}`, bound to the exchange: every
+    /// instance gets its own copy of every event, like a Service Bus subscription per instance.
+    /// Durable, with an idle expiry; deleted at graceful shutdown.
+    Instance {
+        /// The queue name's prefix (the application's name, say).
+        prefix: String,
+        /// The binding key; `#` takes every event type.
+        binding_key: String,
+        /// `x-expires`: the broker deletes the queue after this long without a consumer.
+        idle_expiry: Duration,
+    },
+    /// An existing queue declared by infrastructure; instances compete for its messages.
+    Existing {
+        /// The queue's name.
+        queue: String,
+    },
+}
+
+/// How a [`RabbitMqSource`](crate::RabbitMqSource) connects and what it consumes.
+///
+/// ```
+/// use keyvault_invalidator_rabbitmq::RabbitMqConfig;
+///
+/// let config = RabbitMqConfig::instance("amqp://guest:guest@127.0.0.1:5672/%2f", "orders-api")?
+///     .prefetch(32);
+/// assert!(config.queue_name().starts_with("orders-api-"));
+/// assert!(!format!("{config:?}").contains("guest:guest"), "credentials never print");
+/// # Ok::<(), keyvault_invalidator_rabbitmq::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct RabbitMqConfig {
+    pub(crate) uri: String,
+    pub(crate) mode: QueueMode,
+    pub(crate) exchange: String,
+    pub(crate) dead_letter_exchange: String,
+    pub(crate) dead_letter_queue: String,
+    pub(crate) declare_topology: bool,
+    pub(crate) prefetch: u16,
+    pub(crate) instance_id: String,
+    pub(crate) reconnect_backoff: Backoff,
+}
+
+/// A configuration mistake, caught before anything connects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid RabbitMQ configuration: {0}")]
+pub struct ConfigError(String);
+
+impl RabbitMqConfig {
+    /// Consume through a queue of this instance's own, named `{prefix}-{instance id}`.
+    pub fn instance(uri: &str, prefix: &str) -> Result<Self, ConfigError> {
+        let prefix = non_blank("prefix", prefix)?;
+        Self::new(
+            uri,
+            QueueMode::Instance {
+                prefix: prefix.to_owned(),
+                binding_key: "#".to_owned(),
+                idle_expiry: DEFAULT_IDLE_EXPIRY,
+            },
+        )
+    }
+
+    /// Consume from an existing queue that infrastructure declared.
+    pub fn existing_queue(uri: &str, queue: &str) -> Result<Self, ConfigError> {
+        let queue = non_blank("queue", queue)?;
+        Self::new(
+            uri,
+            QueueMode::Existing {
+                queue: queue.to_owned(),
+            },
+        )
+    }
+
+    fn new(uri: &str, mode: QueueMode) -> Result<Self, ConfigError> {
+        let uri = uri.trim();
+        let parsed = url::Url::parse(uri).map_err(|_| {
+            ConfigError("`uri` is not a URI (expected amqp://... or amqps://...)".into())
+        })?;
+        if !matches!(parsed.scheme(), "amqp" | "amqps") {
+            return Err(ConfigError(format!(
+                "`uri` has scheme `{}`; expected `amqp` or `amqps`",
+                parsed.scheme()
+            )));
+        }
+        // lapin's own parser decides what it accepts; ask it now rather than at first connect.
+        uri.parse::<lapin::uri::AMQPUri>()
+            .map_err(|_| ConfigError("`uri` is not a valid AMQP URI".into()))?;
+        let instance_id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
+        let config = RabbitMqConfig {
+            uri: uri.to_owned(),
+            mode,
+            exchange: DEFAULT_EXCHANGE.to_owned(),
+            dead_letter_exchange: DEFAULT_DEAD_LETTER.to_owned(),
+            dead_letter_queue: DEFAULT_DEAD_LETTER.to_owned(),
+            declare_topology: true,
+            prefetch: 16,
+            instance_id,
+            reconnect_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+        };
+        config.check_queue_name()?;
+        Ok(config)
+    }
+
+    /// The exchange events are published to (default `keyvault-events`, a durable topic
+    /// exchange; routing key = event type).
+    pub fn exchange(mut self, exchange: &str) -> Self {
+        self.exchange = exchange.trim().to_owned();
+        self
+    }
+
+    /// The dead-letter exchange and queue (default `keyvault-events.dead-letter` for both).
+    pub fn dead_letter(mut self, exchange: &str, queue: &str) -> Self {
+        self.dead_letter_exchange = exchange.trim().to_owned();
+        self.dead_letter_queue = queue.trim().to_owned();
+        self
+    }
+
+    /// Whether to declare the exchanges and queues (default yes; idempotent). Off, the source
+    /// only checks that its queue exists.
+    pub fn declare_topology(mut self, declare: bool) -> Self {
+        self.declare_topology = declare;
+        self
+    }
+
+    /// How many unacknowledged deliveries the broker sends ahead (default 16).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// The binding key of an instance queue (default `#`, every event type).
+    pub fn binding_key(mut self, key: &str) -> Self {
+        if let QueueMode::Instance { binding_key, .. } = &mut self.mode {
+            *binding_key = key.trim().to_owned();
+        }
+        self
+    }
+
+    /// How long an instance queue outlives its consumer (default 30 minutes).
+    pub fn idle_expiry(mut self, expiry: Duration) -> Self {
+        if let QueueMode::Instance { idle_expiry, .. } = &mut self.mode {
+            *idle_expiry = expiry.max(Duration::from_millis(1));
+        }
+        self
+    }
+
+    /// The instance id used in the queue name and the connection name (default random).
+    pub fn instance_id(mut self, id: &str) -> Result<Self, ConfigError> {
+        self.instance_id = non_blank("instance id", id)?.to_owned();
+        self.check_queue_name()?;
+        Ok(self)
+    }
+
+    /// The pause between reconnection attempts, by consecutive failures (default 100 ms to
+    /// 10 s, with jitter).
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.reconnect_backoff = backoff;
+        self
+    }
+
+    /// The queue consumed: the instance queue's full name, or the existing queue.
+    pub fn queue_name(&self) -> String {
+        match &self.mode {
+            QueueMode::Instance { prefix, .. } => format!("{prefix}-{}", self.instance_id),
+            QueueMode::Existing { queue } => queue.clone(),
+        }
+    }
+
+    /// The exchange events are published to.
+    pub fn exchange_name(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The dead-letter exchange.
+    pub fn dead_letter_exchange_name(&self) -> &str {
+        &self.dead_letter_exchange
+    }
+
+    /// The dead-letter queue, where an operator finds dead-lettered messages.
+    pub fn dead_letter_queue_name(&self) -> &str {
+        &self.dead_letter_queue
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> &QueueMode {
+        &self.mode
+    }
+
+    /// The connection name the broker's management UI shows.
+    pub fn connection_name(&self) -> String {
+        format!("keyvault-invalidator {}", self.instance_id)
+    }
+
+    /// The URI without its password, for logs.
+    pub fn redacted_uri(&self) -> String {
+        redact(&self.uri)
+    }
+
+    fn check_queue_name(&self) -> Result<(), ConfigError> {
+        // AMQP short strings hold at most 255 bytes.
+        if self.queue_name().len() > 255 {
+            return Err(ConfigError(
+                "the queue name is longer than 255 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn non_blank<'a>(what: &str, value: &'a str) -> Result<&'a str, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ConfigError(format!("`{what}` must not be blank")));
+    }
+    Ok(value)
+}
+
+fn redact(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable uri>".to_owned(),
+    }
+}
+
+impl fmt::Debug for RabbitMqConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqConfig")
+            .field("uri", &self.redacted_uri())
+            .field("mode", &self.mode)
+            .field("queue", &self.queue_name())
+            .field("exchange", &self.exchange)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("declare_topology", &self.declare_topology)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_blank_arguments_and_foreign_schemes_naming_the_argument() {
+        let blank = RabbitMqConfig::instance("amqp://127.0.0.1", " ").unwrap_err();
+        assert_eq!(
+            blank.to_string(),
+            "invalid RabbitMQ configuration: `prefix` must not be blank"
+        );
+        let scheme = RabbitMqConfig::existing_queue("http://127.0.0.1", "q").unwrap_err();
+        assert_eq!(
+            scheme.to_string(),
+            "invalid RabbitMQ configuration: `uri` has scheme `http`; expected `amqp` or `amqps`"
+        );
+        assert!(RabbitMqConfig::existing_queue("amqps://host:5671/vh", "q").is_ok());
+    }
+
+    #[test]
+    fn the_password_never_reaches_debug_output() {
+        let config = RabbitMqConfig::instance("amqp://app:s3cr3t@broker:5672/%2f", "api").unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("amqp://app:***@broker:5672/%2f"), "{shown}");
+    }
+
+    #[test]
+    fn instance_queues_are_named_prefix_dash_instance_id() {
+        let config = RabbitMqConfig::instance("amqp://h", "api")
+            .unwrap()
+            .instance_id("i-7")
+            .unwrap();
+        assert_eq!(config.queue_name(), "api-i-7");
+        assert_eq!(config.connection_name(), "keyvault-invalidator i-7");
+    }
+}

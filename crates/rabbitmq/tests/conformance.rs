@@ -1,0 +1,70 @@
+//! The RabbitMQ source passes the shared `EventSource` conformance suite against a real broker.
+
+mod support;
+
+use std::sync::Mutex;
+
+use keyvault_invalidator_rabbitmq::lapin::{Channel, Connection};
+use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
+use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
+
+struct Broker {
+    url: String,
+    publisher: (Connection, Channel),
+    configs: Mutex<Vec<RabbitMqConfig>>,
+}
+
+#[async_trait::async_trait]
+impl ConformanceTarget for Broker {
+    type Source = RabbitMqSource;
+
+    async fn new_source(&self) -> RabbitMqSource {
+        let config = support::isolated_instance(&self.url, "conformance");
+        self.configs.lock().unwrap().push(config.clone());
+        let source = RabbitMqSource::new(config);
+        // Declare the queue before the suite publishes, as a running instance would have.
+        source.connect().await.expect("connect");
+        source
+    }
+
+    async fn publish(&self, source: &RabbitMqSource, _message_id: &str, body: &[u8]) {
+        let exchange = source.config().exchange_name().to_owned();
+        support::publish(
+            &self.publisher.1,
+            &exchange,
+            "Microsoft.KeyVault.SecretNewVersionCreated",
+            body,
+        )
+        .await
+        .expect("publish");
+    }
+
+    async fn dead_letters(&self, source: &RabbitMqSource) -> Vec<DeadLetter> {
+        let queue = source.config().dead_letter_queue_name().to_owned();
+        support::drain_dead_letters(&self.publisher.1, &queue, 1)
+            .await
+            .into_iter()
+            .map(|(body, reason, description)| DeadLetter {
+                body,
+                reason,
+                description,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rabbitmq_source_passes_the_conformance_suite() {
+    let Some(url) = support::broker().await else {
+        return;
+    };
+    let broker = Broker {
+        publisher: support::publisher(&url).await,
+        url,
+        configs: Mutex::new(Vec::new()),
+    };
+    conformance::run_all(&broker).await;
+    for config in broker.configs.lock().unwrap().clone() {
+        support::remove(&broker.url, &config).await;
+    }
+}
