@@ -64,7 +64,8 @@ async fn the_rabbitmq_source_passes_the_conformance_suite() {
         configs: Mutex::new(Vec::new()),
     };
     conformance::run_all(&broker).await;
-    for config in broker.configs.lock().unwrap().clone() {
+    let configs = broker.configs.lock().unwrap().clone();
+    for config in configs {
         support::remove(&broker.url, &config).await;
     }
 }
