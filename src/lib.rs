@@ -14,6 +14,7 @@
 //! | `moka` | yes | [`CachedSecretProvider`], the moka-backed cache (refresh-ahead, version aware) |
 //! | `secrets` | no | `secrets`: environment and static providers, the composite `SecretStore` |
 //! | `azure` | no | `secrets::KeyVaultProvider` on the official Azure SDK (implies `secrets`) |
+//! | `rabbitmq` | no | `rabbitmq`: the RabbitMQ transport and `rabbitmq::spawn_job` |
 //! | `testkit` | no | `testkit`: in-memory source, vault, recording cache, event builders |
 //!
 //! ```
@@ -53,6 +54,9 @@ pub use keyvault_invalidator_moka::{
 /// Secret providers (feature `secrets`; Azure Key Vault with feature `azure`).
 #[cfg(feature = "secrets")]
 pub use keyvault_invalidator_secrets as secrets;
+
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 /// Test doubles and the conformance suite (feature `testkit`).
 #[cfg(feature = "testkit")]

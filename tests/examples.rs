@@ -128,3 +128,41 @@ fn inspect_reports_an_unacceptable_payload_on_one_error_line_and_exits_one() {
         "error: event 0 (id \"x\"): Key Vault event `Microsoft.KeyVault.SecretNewVersionCreated` names no object (looked in data.Id, data.ObjectName and subject)\n"
     );
 }
+
+#[cfg(feature = "rabbitmq")]
+#[test]
+fn the_rabbitmq_demo_refreshes_the_secret_through_the_broker() {
+    let url = std::env::var("RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let reachable = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5672".parse().unwrap(),
+        std::time::Duration::from_secs(5),
+    )
+    .is_ok();
+    if !reachable && std::env::var("RABBITMQ_URL").is_err() {
+        assert_ne!(
+            std::env::var("KVI_REQUIRE_RABBITMQ").as_deref(),
+            Ok("1"),
+            "KVI_REQUIRE_RABBITMQ=1 but no broker answers on 127.0.0.1:5672"
+        );
+        eprintln!("\n*** SKIPPED: no RabbitMQ broker for the rabbitmq example ***\n");
+        return;
+    }
+    let output = Command::new(example("rabbitmq"))
+        .arg("--demo")
+        .env("RABBITMQ_URL", url)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "rabbitmq --demo failed: {stdout}");
+    assert!(stdout.contains("cache refreshed to …000002"), "{stdout}");
+    assert!(
+        stdout.contains("job    received 1, invalidated 1, dead-lettered 0"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("guest:guest"),
+        "the password never prints: {stdout}"
+    );
+}
