@@ -8,7 +8,7 @@ use keyvault_invalidator_core::{Invalidator, Job, JobHandle};
 /// Starts the invalidation job for this application instance: a queue of its own named
 /// `{app}-{instance id}` on the `keyvault-events` exchange (declared if missing), removed at
 /// graceful shutdown. For other settings build a [`RabbitMqConfig`] and a
-/// [`Job`](keyvault_invalidator_core::Job) yourself.
+/// [`Job`] yourself.
 ///
 /// ```no_run
 /// use keyvault_invalidator::prelude::*;
