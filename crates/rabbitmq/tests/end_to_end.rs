@@ -10,9 +10,7 @@ use keyvault_invalidator_core::{
     parse_events, Job, JobError, JobHandle, KeyVaultInvalidator, SourceErrorKind,
 };
 use keyvault_invalidator_moka::CachedSecretProvider;
-use keyvault_invalidator_rabbitmq::lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use keyvault_invalidator_rabbitmq::lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use keyvault_invalidator_rabbitmq::lapin::types::FieldTable;
 use keyvault_invalidator_rabbitmq::lapin::ExchangeKind;
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
@@ -197,19 +195,7 @@ async fn instances_on_an_existing_queue_share_the_load() {
     let queue = support::unique("shared-q");
     // The queue is infrastructure's: declared and bound outside the library.
     let (_connection, channel) = support::publisher(&url).await;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    support::declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
     let durable_queue = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -283,19 +269,7 @@ async fn a_topology_that_conflicts_with_the_brokers_is_a_clear_fatal_error() {
     let config = support::isolated_instance(&url, "mismatch");
     let (_connection, channel) = support::publisher(&url).await;
     // Someone declared the exchange as fanout; the library wants a topic exchange.
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            config.exchange_name().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    support::declare_exchange(&channel, config.exchange_name(), ExchangeKind::Fanout).await;
     let invalidator = KeyVaultInvalidator::new(RecordingCache::new());
     let handle = Job::builder(RabbitMqSource::new(config.clone()), invalidator).spawn();
 

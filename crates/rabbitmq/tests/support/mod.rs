@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use keyvault_invalidator_rabbitmq::lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use keyvault_invalidator_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use keyvault_invalidator_rabbitmq::lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
 };
 use keyvault_invalidator_rabbitmq::RabbitMqConfig;
 
@@ -119,6 +119,18 @@ pub async fn publish(
     } else {
         Err("nacked".to_owned())
     }
+}
+
+/// Declares a durable exchange, as infrastructure (or a conflicting declaration) would.
+pub async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(name.into(), kind, durable, FieldTable::default())
+        .await
+        .unwrap();
 }
 
 /// A dead-lettered message: body, reason, description.
