@@ -1,0 +1,260 @@
+//! The two registrations of the original library, with their argument checks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use keyvault_invalidator_core::SecretProvider;
+use keyvault_invalidator_secrets::credential;
+
+use crate::connection_string::ConnectionString;
+use crate::error::{non_blank, ConfigError};
+use crate::management::SubscriptionProperties;
+use crate::names::{
+    check_subscription_name, check_subscription_prefix, check_topic, fully_qualified_namespace,
+};
+
+/// How the source proves who it is.
+#[derive(Clone)]
+pub enum Authorization {
+    /// An Entra ID credential (managed identity, workload identity, developer login...): JWTs
+    /// for `https://servicebus.azure.net/.default`.
+    Credential(Arc<dyn TokenCredential>),
+    /// A connection string given directly.
+    ConnectionString(ConnectionString),
+    /// A connection string read from a secret provider (the secret store) under a key at start,
+    /// and read again when the service keeps refusing it (it may have been rotated).
+    ConnectionStringFromStore {
+        /// Where it is read from.
+        provider: Arc<dyn SecretProvider>,
+        /// The key it is stored under.
+        key: String,
+    },
+}
+
+/// Which subscription the source receives from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionMode {
+    /// Create `{prefix}-{unique}` at start (needs Manage rights, or the Azure Service Bus Data
+    /// Owner role), delete it at graceful shutdown; `AutoDeleteOnIdle` removes it if the
+    /// instance crashes.
+    Automatic {
+        /// The name's prefix.
+        prefix: String,
+        /// How it is created.
+        properties: SubscriptionProperties,
+    },
+    /// Receive from a subscription infrastructure created (needs Listen rights, or the Azure
+    /// Service Bus Data Receiver role).
+    Existing {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Everything a Service Bus source needs; built by one of the registrations, which check their
+/// arguments and name the one that is wrong.
+///
+/// ```
+/// use keyvault_invalidator_servicebus::ServiceBusConfig;
+///
+/// let config = ServiceBusConfig::connection_string(
+///     "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=a2V5;EntityPath=keyvault-events",
+///     "orders-api",
+/// )?;
+/// assert_eq!(config.topic_name(), Some("keyvault-events"));
+/// assert_eq!(config.namespace(), Some("my-ns.servicebus.windows.net"));
+///
+/// let error = ServiceBusConfig::connection_string("Endpoint=sb://ns/;SharedAccessKeyName=l;SharedAccessKey=k", " ").unwrap_err();
+/// assert_eq!(error.argument, "subscription name prefix");
+/// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct ServiceBusConfig {
+    namespace: Option<String>,
+    topic: Option<String>,
+    authorization: Authorization,
+    subscription: SubscriptionMode,
+    prefetch: u32,
+}
+
+impl ServiceBusConfig {
+    /// The managed-identity registration: the topic, the subscription name prefix, the
+    /// namespace (`.servicebus.windows.net` is added when missing), and the client id of a
+    /// user-assigned identity, if one is used.
+    pub fn managed_identity(
+        topic: &str,
+        subscription_prefix: &str,
+        namespace: &str,
+        client_id: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let credential = match client_id {
+            None => credential::managed_identity(),
+            Some(id) => {
+                non_blank("client id", id)?;
+                credential::user_assigned_managed_identity(id)
+            }
+        }
+        .map_err(|e| ConfigError::new("client id", e.to_string()))?;
+        Self::with_credential(topic, subscription_prefix, namespace, credential)
+    }
+
+    /// The same with any `azure_identity` credential.
+    pub fn with_credential(
+        topic: &str,
+        subscription_prefix: &str,
+        namespace: &str,
+        credential: Arc<dyn TokenCredential>,
+    ) -> Result<Self, ConfigError> {
+        let topic = check_topic(topic)?.to_owned();
+        let prefix = check_subscription_prefix(subscription_prefix)?.to_owned();
+        Ok(ServiceBusConfig {
+            namespace: Some(fully_qualified_namespace(namespace)?),
+            topic: Some(topic),
+            authorization: Authorization::Credential(credential),
+            subscription: automatic(prefix),
+            prefetch: DEFAULT_PREFETCH,
+        })
+    }
+
+    /// The connection-string registration with the string itself. The topic comes from its
+    /// `EntityPath`, or from [`topic`](Self::topic).
+    pub fn connection_string(
+        connection_string: &str,
+        subscription_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        let parsed: ConnectionString =
+            non_blank("connection string", connection_string)?.parse()?;
+        let prefix = check_subscription_prefix(subscription_prefix)?.to_owned();
+        Ok(ServiceBusConfig {
+            namespace: Some(parsed.namespace().to_owned()),
+            topic: parsed.entity_path().map(str::to_owned),
+            authorization: Authorization::ConnectionString(parsed),
+            subscription: automatic(prefix),
+            prefetch: DEFAULT_PREFETCH,
+        })
+    }
+
+    /// The connection-string registration of the original: the string is read at start from
+    /// `provider` (the secret store) under `secret_key`, and read again when the service keeps
+    /// answering unauthorized.
+    pub fn connection_string_from_store(
+        provider: impl SecretProvider + 'static,
+        secret_key: &str,
+        subscription_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        let key = non_blank("secret key", secret_key)?.to_owned();
+        let prefix = check_subscription_prefix(subscription_prefix)?.to_owned();
+        Ok(ServiceBusConfig {
+            namespace: None,
+            topic: None,
+            authorization: Authorization::ConnectionStringFromStore {
+                provider: Arc::new(provider),
+                key,
+            },
+            subscription: automatic(prefix),
+            prefetch: DEFAULT_PREFETCH,
+        })
+    }
+
+    /// Names the topic (overriding a connection string's `EntityPath`).
+    pub fn topic(mut self, topic: &str) -> Result<Self, ConfigError> {
+        self.topic = Some(check_topic(topic)?.to_owned());
+        Ok(self)
+    }
+
+    /// Receives from an existing subscription instead of creating one.
+    pub fn existing_subscription(mut self, name: &str) -> Result<Self, ConfigError> {
+        self.subscription = SubscriptionMode::Existing {
+            name: check_subscription_name(name)?.to_owned(),
+        };
+        Ok(self)
+    }
+
+    /// How a created subscription is set up (lock duration, max delivery count, auto delete on
+    /// idle). Ignored for an existing subscription.
+    pub fn subscription_properties(
+        mut self,
+        properties: SubscriptionProperties,
+    ) -> Result<Self, ConfigError> {
+        properties.check()?;
+        if let SubscriptionMode::Automatic {
+            properties: current,
+            ..
+        } = &mut self.subscription
+        {
+            *current = properties;
+        }
+        Ok(self)
+    }
+
+    /// Messages the service sends ahead of receipt (default 4). Locks start ticking on transfer,
+    /// so keep it small.
+    pub fn prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// The fully qualified namespace, when known before start (not for a connection string
+    /// still in the store).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The topic, when known before start.
+    pub fn topic_name(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+
+    /// How the source authorises.
+    pub fn authorization(&self) -> &Authorization {
+        &self.authorization
+    }
+
+    /// Which subscription it receives from.
+    pub fn subscription(&self) -> &SubscriptionMode {
+        &self.subscription
+    }
+
+    /// The prefetch.
+    pub fn prefetch_count(&self) -> u32 {
+        self.prefetch
+    }
+}
+
+/// Small: a prefetched message's lock runs while it waits.
+const DEFAULT_PREFETCH: u32 = 4;
+
+fn automatic(prefix: String) -> SubscriptionMode {
+    SubscriptionMode::Automatic {
+        prefix,
+        properties: SubscriptionProperties::default(),
+    }
+}
+
+impl fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Authorization::Credential(_) => f.write_str("Credential(..)"),
+            Authorization::ConnectionString(cs) => {
+                f.debug_tuple("ConnectionString").field(cs).finish()
+            }
+            Authorization::ConnectionStringFromStore { key, .. } => f
+                .debug_struct("ConnectionStringFromStore")
+                .field("key", key)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl fmt::Debug for ServiceBusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBusConfig")
+            .field("namespace", &self.namespace)
+            .field("topic", &self.topic)
+            .field("authorization", &self.authorization)
+            .field("subscription", &self.subscription)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}

@@ -1,0 +1,33 @@
+//! Azure Service Bus transport for keyvault-invalidator: the configuration layer.
+//!
+//! Both registrations of the original .NET library, with its argument checks:
+//! [`ServiceBusConfig::managed_identity`] (topic, subscription name prefix, namespace, optional
+//! user-assigned client id; any credential with [`ServiceBusConfig::with_credential`]) and the
+//! connection-string registration ([`ServiceBusConfig::connection_string`], or
+//! [`ServiceBusConfig::connection_string_from_store`] reading it from the secret store).
+//! [`ConnectionString`] parses public-cloud and emulator strings; [`sas_token`] signs tokens
+//! as the service checks them; [`SubscriptionProperties`] writes the management API's Atom
+//! entry for a per-instance subscription.
+//!
+//! The AMQP receiver (on `azure_core_amqp`) and the in-process emulator it is tested against
+//! come next; this crate does not receive yet.
+#![warn(missing_docs)]
+
+mod config;
+mod connection_string;
+mod error;
+mod management;
+mod names;
+mod sas;
+
+pub use config::{Authorization, ServiceBusConfig, SubscriptionMode};
+pub use connection_string::{ConnectionString, SharedAccess, AMQPS_PORT, EMULATOR_AMQP_PORT};
+pub use error::ConfigError;
+pub use management::{
+    iso8601_duration, SubscriptionProperties, API_VERSION, MIN_AUTO_DELETE_ON_IDLE,
+};
+pub use names::{
+    check_subscription_name, check_subscription_prefix, check_topic, fully_qualified_namespace,
+    generate_subscription_name, MAX_SUBSCRIPTION_NAME, NAMESPACE_SUFFIX,
+};
+pub use sas::sas_token;
