@@ -17,6 +17,7 @@ mod config;
 mod connection_string;
 mod error;
 mod management;
+mod management_client;
 mod names;
 mod sas;
 
@@ -25,6 +26,9 @@ pub use connection_string::{ConnectionString, SharedAccess, AMQPS_PORT, EMULATOR
 pub use error::ConfigError;
 pub use management::{
     iso8601_duration, SubscriptionProperties, API_VERSION, MIN_AUTO_DELETE_ON_IDLE,
+};
+pub use management_client::{
+    Creation, Deletion, ManagementAuth, ManagementClient, SERVICE_BUS_SCOPE,
 };
 pub use names::{
     check_subscription_name, check_subscription_prefix, check_topic, fully_qualified_namespace,

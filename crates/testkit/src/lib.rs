@@ -17,6 +17,8 @@ pub mod events;
 #[cfg(feature = "keyvault-standin")]
 pub mod keyvault_standin;
 pub mod mocks;
+#[cfg(feature = "servicebus-emulator")]
+pub mod servicebus_emulator;
 mod source;
 mod vault;
 

@@ -1,0 +1,214 @@
+//! The management endpoint: Atom create and delete of subscriptions, auth header checked.
+
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::state::{Creation, SubscriptionSettings};
+use super::Shared;
+
+/// One request the management endpoint answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementRequest {
+    /// `PUT` or `DELETE` (or anything else a client sent).
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+}
+
+pub(crate) async fn bind() -> std::io::Result<TcpListener> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await
+}
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            // Errors such as running out of file descriptors persist: do not spin on them.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        while connections.try_join_next().is_some() {}
+        let shared = shared.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let (status, text) = answer(shared, &method, &path, authorization.as_deref(), &body);
+    shared.lock().management_requests.push(ManagementRequest {
+        method: method.to_string(),
+        path,
+        status: status.as_u16(),
+    });
+    Response::builder()
+        .status(status)
+        .header(
+            "content-type",
+            "application/atom+xml;type=entry;charset=utf-8",
+        )
+        .body(Full::new(Bytes::from(text)))
+        .expect("a static response is valid")
+}
+
+fn answer(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> (StatusCode, String) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let [topic, "subscriptions", name] = segments.as_slice() else {
+        return (StatusCode::NOT_FOUND, error_xml(404, "no such entity path"));
+    };
+    let entity = format!(
+        "{}{}",
+        shared.management_endpoint,
+        path.trim_start_matches('/')
+    );
+    if !shared.authorized(authorization, &entity) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            error_xml(401, "InvalidSignature: the token is invalid"),
+        );
+    }
+    let mut state = shared.lock();
+    if let Some(fault) = state.management_faults.pop_front() {
+        return (fault, error_xml(fault.as_u16(), "injected fault"));
+    }
+    match *method {
+        Method::PUT => {
+            let text = String::from_utf8_lossy(body);
+            if !text.contains("<SubscriptionDescription") {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    error_xml(400, "the body is not a SubscriptionDescription entry"),
+                );
+            }
+            match state
+                .entities
+                .create_subscription(topic, name, settings_from(&text))
+            {
+                Creation::New => (StatusCode::CREATED, text.into_owned()),
+                Creation::AlreadyExists => (
+                    StatusCode::CONFLICT,
+                    error_xml(409, "the subscription already exists"),
+                ),
+                Creation::NoSuchTopic => (
+                    StatusCode::NOT_FOUND,
+                    error_xml(404, "the topic does not exist"),
+                ),
+            }
+        }
+        Method::DELETE => {
+            if state.entities.delete_subscription(topic, name) {
+                (StatusCode::OK, String::new())
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    error_xml(404, "the subscription does not exist"),
+                )
+            }
+        }
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_xml(405, "only PUT and DELETE are emulated"),
+        ),
+    }
+}
+
+fn settings_from(entry: &str) -> SubscriptionSettings {
+    let defaults = SubscriptionSettings::default();
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = entry.find(&open)? + open.len();
+        let end = entry[start..].find('<')? + start;
+        Some(entry[start..end].trim().to_owned())
+    };
+    SubscriptionSettings {
+        lock_duration: element("LockDuration")
+            .and_then(|d| parse_duration(&d))
+            .unwrap_or(defaults.lock_duration),
+        max_delivery_count: element("MaxDeliveryCount")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(defaults.max_delivery_count),
+        auto_delete_on_idle: element("AutoDeleteOnIdle")
+            .and_then(|d| parse_duration(&d))
+            .unwrap_or(defaults.auto_delete_on_idle),
+    }
+}
+
+/// `P1DT2H3M4S`-style durations (the subset Service Bus writes).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let rest = text.strip_prefix('P')?;
+    let (mut seconds, mut number, mut in_time) = (0u64, String::new(), false);
+    for c in rest.chars() {
+        match c {
+            'T' => in_time = true,
+            '0'..='9' => number.push(c),
+            unit => {
+                let n: u64 = number.parse().ok()?;
+                number.clear();
+                seconds += n * match (unit, in_time) {
+                    ('D', false) => 86_400,
+                    ('H', true) => 3_600,
+                    ('M', true) => 60,
+                    ('S', true) => 1,
+                    _ => return None,
+                };
+            }
+        }
+    }
+    Some(Duration::from_secs(seconds))
+}
+
+fn error_xml(code: u16, detail: &str) -> String {
+    format!("<Error><Code>{code}</Code><Detail>{detail}</Detail></Error>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_durations_service_bus_writes() {
+        assert_eq!(parse_duration("PT1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("PT1M30S"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("P1DT2H"), Some(Duration::from_secs(93_600)));
+        assert_eq!(parse_duration("1H"), None);
+    }
+}
