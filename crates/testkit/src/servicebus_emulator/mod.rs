@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 pub use management::ManagementRequest;
 pub use sas::{verify as verify_sas, SasRejection};
-pub use state::{StoredMessage, SubscriptionSettings};
+pub use state::{DeadLetteredMessage, StoredMessage, SubscriptionSettings};
 
 use state::Entities;
 
@@ -165,6 +165,29 @@ impl ServiceBusEmulator {
             .entities
             .subscription(topic, subscription)
             .map(|s| s.messages.len())
+    }
+
+    /// The subscription's dead-letter sub-queue, oldest first.
+    pub fn dead_letters(&self, topic: &str, subscription: &str) -> Vec<DeadLetteredMessage> {
+        self.shared
+            .lock()
+            .entities
+            .subscription(topic, subscription)
+            .map(|s| s.dead_letters.clone())
+            .unwrap_or_default()
+    }
+
+    /// Expires every lock of the subscription now: their messages go back to the queue, and a
+    /// receiver's later settlement of them fails, as when a lock runs out on the service.
+    pub fn expire_locks(&self, topic: &str, subscription: &str) {
+        if let Some(subscription) = self
+            .shared
+            .lock()
+            .entities
+            .subscription_mut(topic, subscription)
+        {
+            subscription.expire_all_locks();
+        }
     }
 
     /// Every management request so far.

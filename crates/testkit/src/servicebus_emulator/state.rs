@@ -1,7 +1,7 @@
 //! The emulator's entities: topics and their subscriptions.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How a subscription was created (from the management API's Atom entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +36,151 @@ pub struct StoredMessage {
     pub delivery_count: u32,
 }
 
+/// A message in a subscription's dead-letter sub-queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetteredMessage {
+    /// The message as it was last delivered.
+    pub message: StoredMessage,
+    /// `DeadLetterReason`.
+    pub reason: String,
+    /// `DeadLetterErrorDescription`.
+    pub description: String,
+}
+
+/// A peek-lock: the lock token (a GUID, as Service Bus issues) and its expiry.
+#[allow(dead_code)] // read by the AMQP endpoint, the emulator's next step
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lock {
+    pub(crate) token: String,
+    pub(crate) locked_until: Instant,
+}
+
+/// Why a settlement was refused.
+#[allow(dead_code)] // returned to the AMQP endpoint, the emulator's next step
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockLost {
+    /// The lock expired (the message went back to the queue) or the token is unknown.
+    Expired,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Subscription {
     pub(crate) settings: SubscriptionSettings,
     pub(crate) messages: VecDeque<StoredMessage>,
+    pub(crate) locked: BTreeMap<String, (StoredMessage, Instant)>,
+    pub(crate) dead_letters: Vec<DeadLetteredMessage>,
+    next_lock: u64,
+}
+
+// The AMQP endpoint (the next step of the emulator) drives receive and settlement; until it
+// lands only the tests and the fault-injection methods call them.
+#[allow(dead_code)]
+impl Subscription {
+    /// Returns expired locks' messages to the front of the queue, as the service does.
+    pub(crate) fn expire_locks(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .locked
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in expired.into_iter().rev() {
+            if let Some((message, _)) = self.locked.remove(&token) {
+                self.messages.push_front(message);
+            }
+        }
+    }
+
+    /// Locks the next message: its delivery count rises; past `MaxDeliveryCount` it moves to
+    /// the dead-letter sub-queue instead (reason `MaxDeliveryCountExceeded`).
+    pub(crate) fn receive(&mut self, now: Instant) -> Option<(StoredMessage, Lock)> {
+        self.expire_locks(now);
+        while let Some(mut message) = self.messages.pop_front() {
+            if message.delivery_count >= self.settings.max_delivery_count {
+                self.dead_letters.push(DeadLetteredMessage {
+                    message,
+                    reason: "MaxDeliveryCountExceeded".to_owned(),
+                    description: format!(
+                        "Message could not be consumed after {} delivery attempts.",
+                        self.settings.max_delivery_count
+                    ),
+                });
+                continue;
+            }
+            message.delivery_count += 1;
+            self.next_lock += 1;
+            let token = lock_token(self.next_lock);
+            let locked_until = now + self.settings.lock_duration;
+            self.locked
+                .insert(token.clone(), (message.clone(), locked_until));
+            return Some((
+                message,
+                Lock {
+                    token,
+                    locked_until,
+                },
+            ));
+        }
+        None
+    }
+
+    fn take_locked(&mut self, token: &str, now: Instant) -> Result<StoredMessage, LockLost> {
+        self.expire_locks(now);
+        self.locked
+            .remove(token)
+            .map(|(message, _)| message)
+            .ok_or(LockLost::Expired)
+    }
+
+    pub(crate) fn complete(&mut self, token: &str, now: Instant) -> Result<(), LockLost> {
+        self.take_locked(token, now).map(|_| ())
+    }
+
+    /// Back to the front of the queue; the next receive counts one more delivery.
+    pub(crate) fn abandon(&mut self, token: &str, now: Instant) -> Result<(), LockLost> {
+        let message = self.take_locked(token, now)?;
+        self.messages.push_front(message);
+        Ok(())
+    }
+
+    pub(crate) fn dead_letter(
+        &mut self,
+        token: &str,
+        reason: &str,
+        description: &str,
+        now: Instant,
+    ) -> Result<(), LockLost> {
+        let message = self.take_locked(token, now)?;
+        self.dead_letters.push(DeadLetteredMessage {
+            message,
+            reason: reason.to_owned(),
+            description: description.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Expires every lock now (fault injection: "expire locks early").
+    pub(crate) fn expire_all_locks(&mut self) {
+        let now = Instant::now();
+        for (_, until) in self.locked.values_mut() {
+            *until = now;
+        }
+        self.expire_locks(now);
+    }
+}
+
+/// A GUID-shaped lock token, unique within the emulator.
+fn lock_token(n: u64) -> String {
+    let n = u128::from(n) | (0x4000_8000u128 << 64);
+    let hex = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 #[derive(Debug, Default)]
@@ -79,7 +220,7 @@ impl Entities {
             key,
             Subscription {
                 settings,
-                messages: VecDeque::new(),
+                ..Subscription::default()
             },
         );
         Creation::New
@@ -91,6 +232,17 @@ impl Entities {
             .get_mut(&topic.to_ascii_lowercase())
             .and_then(|t| t.subscriptions.remove(&name.to_ascii_lowercase()))
             .is_some()
+    }
+
+    pub(crate) fn subscription_mut(
+        &mut self,
+        topic: &str,
+        name: &str,
+    ) -> Option<&mut Subscription> {
+        self.topics
+            .get_mut(&topic.to_ascii_lowercase())?
+            .subscriptions
+            .get_mut(&name.to_ascii_lowercase())
     }
 
     pub(crate) fn subscription(&self, topic: &str, name: &str) -> Option<&Subscription> {
@@ -109,5 +261,69 @@ impl Entities {
             subscription.messages.push_back(message.clone());
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription(max_delivery_count: u32) -> Subscription {
+        let mut subscription = Subscription {
+            settings: SubscriptionSettings {
+                lock_duration: Duration::from_secs(60),
+                max_delivery_count,
+                ..SubscriptionSettings::default()
+            },
+            ..Subscription::default()
+        };
+        subscription.messages.push_back(StoredMessage {
+            body: b"m".to_vec(),
+            properties: BTreeMap::new(),
+            delivery_count: 0,
+        });
+        subscription
+    }
+
+    #[test]
+    fn abandoned_messages_come_back_counted_and_are_dead_lettered_past_the_maximum() {
+        let now = Instant::now();
+        let mut sub = subscription(2);
+        let (first, lock) = sub.receive(now).unwrap();
+        assert_eq!(first.delivery_count, 1);
+        sub.abandon(&lock.token, now).unwrap();
+        let (second, lock) = sub.receive(now).unwrap();
+        assert_eq!(second.delivery_count, 2);
+        sub.abandon(&lock.token, now).unwrap();
+        assert_eq!(sub.receive(now), None);
+        assert_eq!(sub.dead_letters.len(), 1);
+        assert_eq!(sub.dead_letters[0].reason, "MaxDeliveryCountExceeded");
+    }
+
+    #[test]
+    fn an_expired_lock_cannot_settle_and_its_message_comes_back() {
+        let now = Instant::now();
+        let mut sub = subscription(10);
+        let (_, lock) = sub.receive(now).unwrap();
+        let later = now + Duration::from_secs(61);
+        assert_eq!(sub.complete(&lock.token, later), Err(LockLost::Expired));
+        let (again, second_lock) = sub.receive(later).unwrap();
+        assert_eq!(again.delivery_count, 2);
+        assert_ne!(lock.token, second_lock.token);
+        sub.dead_letter(
+            &second_lock.token,
+            "MalformedPayload",
+            "event 0: ...",
+            later,
+        )
+        .unwrap();
+        assert_eq!(sub.dead_letters[0].reason, "MalformedPayload");
+        assert!(sub.messages.is_empty() && sub.locked.is_empty());
+    }
+
+    #[test]
+    fn lock_tokens_look_like_guids() {
+        assert_eq!(lock_token(1), "00000000-4000-8000-0000-000000000001");
+        assert_ne!(lock_token(1), lock_token(2));
     }
 }
