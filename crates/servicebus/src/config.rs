@@ -76,6 +76,7 @@ pub struct ServiceBusConfig {
     authorization: Authorization,
     subscription: SubscriptionMode,
     prefetch: u32,
+    management_endpoint: Option<String>,
 }
 
 impl ServiceBusConfig {
@@ -114,6 +115,7 @@ impl ServiceBusConfig {
             authorization: Authorization::Credential(credential),
             subscription: automatic(prefix),
             prefetch: DEFAULT_PREFETCH,
+            management_endpoint: None,
         })
     }
 
@@ -132,6 +134,7 @@ impl ServiceBusConfig {
             authorization: Authorization::ConnectionString(parsed),
             subscription: automatic(prefix),
             prefetch: DEFAULT_PREFETCH,
+            management_endpoint: None,
         })
     }
 
@@ -154,6 +157,7 @@ impl ServiceBusConfig {
             },
             subscription: automatic(prefix),
             prefetch: DEFAULT_PREFETCH,
+            management_endpoint: None,
         })
     }
 
@@ -193,6 +197,22 @@ impl ServiceBusConfig {
     pub fn prefetch(mut self, prefetch: u32) -> Self {
         self.prefetch = prefetch.max(1);
         self
+    }
+
+    /// Where the management REST API is, when not `https://{namespace}/` (an emulator's own
+    /// HTTP port, say).
+    pub fn management_endpoint(mut self, endpoint: &str) -> Result<Self, ConfigError> {
+        let endpoint = non_blank("management endpoint", endpoint)?;
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+            return Err(ConfigError::new("management endpoint", "must be an http(s) URL"));
+        }
+        self.management_endpoint = Some(endpoint.to_owned());
+        Ok(self)
+    }
+
+    /// The management endpoint override, if any.
+    pub fn management_endpoint_override(&self) -> Option<&str> {
+        self.management_endpoint.as_deref()
     }
 
     /// The fully qualified namespace, when known before start (not for a connection string

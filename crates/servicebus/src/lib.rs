@@ -9,8 +9,7 @@
 //! as the service checks them; [`SubscriptionProperties`] writes the management API's Atom
 //! entry for a per-instance subscription.
 //!
-//! The AMQP receiver (on `azure_core_amqp`) and the in-process emulator it is tested against
-//! come next; this crate does not receive yet.
+//! [`ServiceBusSource`] receives over AMQP 1.0 with the official `azure_core_amqp` 1.1 stack.
 #![warn(missing_docs)]
 
 mod config;
@@ -20,6 +19,7 @@ mod management;
 mod management_client;
 mod names;
 mod sas;
+mod source;
 
 pub use config::{Authorization, ServiceBusConfig, SubscriptionMode};
 pub use connection_string::{ConnectionString, SharedAccess, AMQPS_PORT, EMULATOR_AMQP_PORT};
@@ -35,3 +35,4 @@ pub use names::{
     generate_subscription_name, MAX_SUBSCRIPTION_NAME, NAMESPACE_SUFFIX,
 };
 pub use sas::sas_token;
+pub use source::ServiceBusSource;
