@@ -77,6 +77,7 @@ pub struct ServiceBusConfig {
     subscription: SubscriptionMode,
     prefetch: u32,
     management_endpoint: Option<String>,
+    amqp_endpoint: Option<String>,
 }
 
 impl ServiceBusConfig {
@@ -116,6 +117,7 @@ impl ServiceBusConfig {
             subscription: automatic(prefix),
             prefetch: DEFAULT_PREFETCH,
             management_endpoint: None,
+            amqp_endpoint: None,
         })
     }
 
@@ -135,6 +137,7 @@ impl ServiceBusConfig {
             subscription: automatic(prefix),
             prefetch: DEFAULT_PREFETCH,
             management_endpoint: None,
+            amqp_endpoint: None,
         })
     }
 
@@ -158,6 +161,7 @@ impl ServiceBusConfig {
             subscription: automatic(prefix),
             prefetch: DEFAULT_PREFETCH,
             management_endpoint: None,
+            amqp_endpoint: None,
         })
     }
 
@@ -204,10 +208,34 @@ impl ServiceBusConfig {
     pub fn management_endpoint(mut self, endpoint: &str) -> Result<Self, ConfigError> {
         let endpoint = non_blank("management endpoint", endpoint)?;
         if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-            return Err(ConfigError::new("management endpoint", "must be an http(s) URL"));
+            return Err(ConfigError::new(
+                "management endpoint",
+                "must be an http(s) URL",
+            ));
         }
         self.management_endpoint = Some(endpoint.to_owned());
         Ok(self)
+    }
+
+    /// Where to connect over AMQP, when not `amqps://{namespace}:5671`: `amqp://host:port` is
+    /// plain AMQP (an emulator), `amqps://host:port` TLS on another port.
+    pub fn amqp_endpoint(mut self, endpoint: &str) -> Result<Self, ConfigError> {
+        let endpoint = non_blank("amqp endpoint", endpoint)?;
+        let url = url::Url::parse(endpoint)
+            .map_err(|_| ConfigError::new("amqp endpoint", "must be an amqp:// or amqps:// URL"))?;
+        if !matches!(url.scheme(), "amqp" | "amqps") || url.host_str().is_none() {
+            return Err(ConfigError::new(
+                "amqp endpoint",
+                "must be an amqp:// or amqps:// URL with a host",
+            ));
+        }
+        self.amqp_endpoint = Some(endpoint.trim_end_matches('/').to_owned());
+        Ok(self)
+    }
+
+    /// The AMQP endpoint override, if any.
+    pub fn amqp_endpoint_override(&self) -> Option<&str> {
+        self.amqp_endpoint.as_deref()
     }
 
     /// The management endpoint override, if any.

@@ -22,9 +22,15 @@ pub(crate) fn classify(error: AmqpError, doing: &str) -> SourceError {
         AmqpErrorKind::ManagementStatusCode(status, _) if matches!(u16::from(*status), 401 | 403)
     ) || lower.contains("unauthorized");
     let (kind, why) = if lower.contains("not-found") || lower.contains("notfound") {
-        (SourceErrorKind::Fatal, "the topic or subscription does not exist")
+        (
+            SourceErrorKind::Fatal,
+            "the topic or subscription does not exist",
+        )
     } else if unauthorized {
-        (SourceErrorKind::Transient, "unauthorized: the service refused the token")
+        (
+            SourceErrorKind::Transient,
+            "unauthorized: the service refused the token",
+        )
     } else {
         (SourceErrorKind::Transient, "the connection or link failed")
     };

@@ -52,7 +52,12 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) async fn open(target: &Target, name: &str, subscription: &str, prefetch: u32) -> Result<Link, SourceError> {
+    pub(crate) async fn open(
+        target: &Target,
+        name: &str,
+        subscription: &str,
+        prefetch: u32,
+    ) -> Result<Link, SourceError> {
         let connection = Arc::new(AmqpConnection::new());
         let options = AmqpConnectionOptions {
             idle_timeout: Some(azure_core::time::Duration::seconds(60)),
@@ -68,9 +73,12 @@ impl Link {
             .await
             .map_err(|e| classify(e, "beginning a session"))?;
         let cbs = Arc::new(
-            AmqpClaimsBasedSecurity::new(session.clone()).map_err(|e| classify(e, "opening $cbs"))?,
+            AmqpClaimsBasedSecurity::new(session.clone())
+                .map_err(|e| classify(e, "opening $cbs"))?,
         );
-        cbs.attach().await.map_err(|e| classify(e, "attaching to $cbs"))?;
+        cbs.attach()
+            .await
+            .map_err(|e| classify(e, "attaching to $cbs"))?;
         let expires_at = authorize(&cbs, &target.access, &target.audience).await?;
 
         let receiver = AmqpReceiver::new();
@@ -82,7 +90,11 @@ impl Link {
             ..Default::default()
         };
         receiver
-            .attach(&session, AmqpSource::builder().with_address(address.clone()).build(), Some(options))
+            .attach(
+                &session,
+                AmqpSource::builder().with_address(address.clone()).build(),
+                Some(options),
+            )
             .await
             .map_err(|e| classify(e, &format!("attaching a receiver to `{address}`")))?;
 
@@ -120,7 +132,11 @@ impl Drop for Link {
     }
 }
 
-async fn authorize(cbs: &AmqpClaimsBasedSecurity, access: &Access, audience: &str) -> Result<SystemTime, SourceError> {
+async fn authorize(
+    cbs: &AmqpClaimsBasedSecurity,
+    access: &Access,
+    audience: &str,
+) -> Result<SystemTime, SourceError> {
     let token = access.token(audience).await?;
     let expires_on = OffsetDateTime::from(token.expires_at);
     cbs.authorize_path(
@@ -135,7 +151,13 @@ async fn authorize(cbs: &AmqpClaimsBasedSecurity, access: &Access, audience: &st
 }
 
 /// Puts a fresh token before the current one ends, for as long as the link lives.
-async fn renew(cbs: Arc<AmqpClaimsBasedSecurity>, access: Access, audience: String, mut expires_at: SystemTime, stop: CancellationToken) {
+async fn renew(
+    cbs: Arc<AmqpClaimsBasedSecurity>,
+    access: Access,
+    audience: String,
+    mut expires_at: SystemTime,
+    stop: CancellationToken,
+) {
     loop {
         let wait = expires_at
             .duration_since(SystemTime::now())

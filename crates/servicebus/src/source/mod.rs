@@ -140,7 +140,9 @@ impl ServiceBusSource {
                 .get_or_insert_with(|| tokio::spawn(async move { this.open().await }));
             let opened = opening.await;
             slot.opening = None;
-            let link = opened.map_err(|e| SourceError::transient(format!("the connection task failed: {e}")))??;
+            let link = opened.map_err(|e| {
+                SourceError::transient(format!("the connection task failed: {e}"))
+            })??;
             if self.inner.closed.load(Ordering::SeqCst) {
                 link.close().await;
                 return Err(SourceError::closed());
@@ -189,7 +191,13 @@ impl ServiceBusSource {
         *lock(&inner.management) = Some((target.management.clone(), target.topic.clone()));
         let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let name = format!("keyvault-invalidator-{}-{generation}", inner.subscription);
-        let link = Link::open(&target, &name, &inner.subscription, inner.config.prefetch_count()).await?;
+        let link = Link::open(
+            &target,
+            &name,
+            &inner.subscription,
+            inner.config.prefetch_count(),
+        )
+        .await?;
         *lock(&inner.commands) = Some((generation, link.commands.clone()));
         Ok(link)
     }
@@ -208,7 +216,10 @@ impl ServiceBusSource {
             tracing::warn!(count, "Service Bus keeps refusing the connection string; the next attempt reads it from the secret store again");
         }
         if count >= FATAL_AFTER_UNAUTHORIZED {
-            return SourceError::fatal(format!("Service Bus refused the credentials {count} times in a row: {}", error.message));
+            return SourceError::fatal(format!(
+                "Service Bus refused the credentials {count} times in a row: {}",
+                error.message
+            ));
         }
         error
     }
@@ -238,12 +249,16 @@ impl ServiceBusSource {
             Some(AmqpValue::Uuid(uuid)) => Some(uuid.to_string()),
             _ => None,
         };
-        let message_id = message.properties.as_ref().and_then(|p| p.message_id.as_ref()).map(|id| match id {
-            AmqpMessageId::String(s) => s.clone(),
-            AmqpMessageId::Uuid(u) => u.to_string(),
-            AmqpMessageId::Ulong(n) => n.to_string(),
-            AmqpMessageId::Binary(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
-        });
+        let message_id = message
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.as_ref())
+            .map(|id| match id {
+                AmqpMessageId::String(s) => s.clone(),
+                AmqpMessageId::Uuid(u) => u.to_string(),
+                AmqpMessageId::Ulong(n) => n.to_string(),
+                AmqpMessageId::Binary(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            });
         let mut properties = BTreeMap::new();
         if let Some(application) = &message.application_properties {
             for (key, value) in application.0.iter() {
@@ -312,7 +327,9 @@ impl EventSource for ServiceBusSource {
                 let error = errors::classify(error, "receiving");
                 return Err(self.lost(&mut slot, error));
             }
-            None => return Err(self.lost(&mut slot, SourceError::transient("the receiver stopped"))),
+            None => {
+                return Err(self.lost(&mut slot, SourceError::transient("the receiver stopped")))
+            }
         };
         let mut batch = vec![self.delivery(generation, first)];
         while batch.len() < max.max(1) {
@@ -329,7 +346,11 @@ impl EventSource for ServiceBusSource {
         Ok(batch)
     }
 
-    async fn settle(&self, token: DeliveryToken, settlement: Settlement) -> Result<(), SourceError> {
+    async fn settle(
+        &self,
+        token: DeliveryToken,
+        settlement: Settlement,
+    ) -> Result<(), SourceError> {
         let token = token
             .downcast::<Token>()
             .map_err(|_| SourceError::fatal("the token was issued by another source"))?;
@@ -344,7 +365,10 @@ impl EventSource for ServiceBusSource {
         };
         let outcome = match &settlement {
             Settlement::Complete => {
-                if token.locked_until.is_some_and(|until| until <= SystemTime::now()) {
+                if token
+                    .locked_until
+                    .is_some_and(|until| until <= SystemTime::now())
+                {
                     return Err(SourceError::settlement_lost(
                         "the lock expired before completion; Service Bus redelivers the message",
                     ));
@@ -352,7 +376,10 @@ impl EventSource for ServiceBusSource {
                 Outcome::Accept
             }
             Settlement::Abandon => Outcome::Release,
-            Settlement::DeadLetter { reason, description } => {
+            Settlement::DeadLetter {
+                reason,
+                description,
+            } => {
                 // azure_core_amqp 1.1 sends Rejected without an error: the reason cannot travel
                 // with the message, so it is recorded here.
                 tracing::warn!(
@@ -371,7 +398,8 @@ impl EventSource for ServiceBusSource {
             outcome,
             reply,
         };
-        let lost = || SourceError::settlement_lost("the link closed before the settlement was made");
+        let lost =
+            || SourceError::settlement_lost("the link closed before the settlement was made");
         commands.send(command).await.map_err(|_| lost())?;
         match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
             Ok(Ok(Ok(()))) => Ok(()),
@@ -396,8 +424,13 @@ impl EventSource for ServiceBusSource {
         if self.inner.created.swap(false, Ordering::SeqCst) {
             let management = lock(&self.inner.management).clone();
             if let Some((client, topic)) = management {
-                match client.delete_subscription(&topic, &self.inner.subscription).await {
-                    Ok(_) => tracing::info!(subscription = %self.inner.subscription, "deleted the subscription"),
+                match client
+                    .delete_subscription(&topic, &self.inner.subscription)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(subscription = %self.inner.subscription, "deleted the subscription")
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "could not delete the subscription; AutoDeleteOnIdle will");
                         return Err(error);

@@ -49,7 +49,9 @@ impl Access {
         match self {
             Access::SharedAccess(SharedAccess::Key { name, key }) => {
                 let expires_at = SystemTime::now() + SAS_LIFETIME;
-                let expiry = expires_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let expiry = expires_at
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 Ok(CbsToken {
                     token_type: "servicebus.windows.net:sastoken",
                     token: sas_token(audience, name, key, expiry),
@@ -71,7 +73,9 @@ impl Access {
                             .with_source(e)
                     })?;
                 let expires_at = UNIX_EPOCH
-                    + Duration::from_secs(u64::try_from(token.expires_on.unix_timestamp()).unwrap_or(0));
+                    + Duration::from_secs(
+                        u64::try_from(token.expires_on.unix_timestamp()).unwrap_or(0),
+                    );
                 Ok(CbsToken {
                     token_type: "jwt",
                     token: SecretString::from(token.token.secret().to_owned()),
@@ -93,7 +97,10 @@ fn signature_expiry(signature: &str) -> Option<SystemTime> {
 }
 
 /// Resolves the configuration for one connection attempt.
-pub(crate) async fn resolve(config: &ServiceBusConfig, subscription: &str) -> Result<Target, SourceError> {
+pub(crate) async fn resolve(
+    config: &ServiceBusConfig,
+    subscription: &str,
+) -> Result<Target, SourceError> {
     let (endpoint, access, topic) = match config.authorization() {
         Authorization::Credential(credential) => {
             let namespace = config
@@ -104,12 +111,19 @@ pub(crate) async fn resolve(config: &ServiceBusConfig, subscription: &str) -> Re
                 port: None,
                 emulator: false,
             };
-            (endpoint, Access::Credential(credential.clone()), config.topic_name().map(str::to_owned))
+            (
+                endpoint,
+                Access::Credential(credential.clone()),
+                config.topic_name().map(str::to_owned),
+            )
         }
         Authorization::ConnectionString(cs) => from_connection_string(cs, config),
         Authorization::ConnectionStringFromStore { provider, key } => {
             let secret = provider.get_secret(key).await.map_err(|error| {
-                let message = format!("reading the connection string under `{key}` failed: {}", error.kind);
+                let message = format!(
+                    "reading the connection string under `{key}` failed: {}",
+                    error.kind
+                );
                 match error.kind {
                     ProviderErrorKind::Throttled { .. } | ProviderErrorKind::Transient => {
                         SourceError::transient(message).with_source(error)
@@ -119,17 +133,35 @@ pub(crate) async fn resolve(config: &ServiceBusConfig, subscription: &str) -> Re
             })?;
             let cs: ConnectionString = secret.value().expose_secret().parse().map_err(|_| {
                 // The parse error would be safe, but keep even its shape of the value out.
-                SourceError::fatal(format!("the secret under `{key}` is not a Service Bus connection string"))
+                SourceError::fatal(format!(
+                    "the secret under `{key}` is not a Service Bus connection string"
+                ))
             })?;
             from_connection_string(&cs, config)
         }
     };
+    let endpoint = match config.amqp_endpoint_override() {
+        Some(url) => {
+            let url = url::Url::parse(url)
+                .map_err(|_| SourceError::fatal("the AMQP endpoint is not a URL"))?;
+            Endpoint {
+                host: url.host_str().unwrap_or_default().to_owned(),
+                port: url.port(),
+                emulator: url.scheme() == "amqp",
+            }
+        }
+        None => endpoint,
+    };
     let topic = topic.ok_or_else(|| {
-        SourceError::fatal("no topic: the connection string has no EntityPath and none was configured")
+        SourceError::fatal(
+            "no topic: the connection string has no EntityPath and none was configured",
+        )
     })?;
     let management_endpoint = match config.management_endpoint_override() {
         Some(endpoint) => endpoint.to_owned(),
-        None if endpoint.emulator => format!("http://{}:{EMULATOR_MANAGEMENT_PORT}/", endpoint.host),
+        None if endpoint.emulator => {
+            format!("http://{}:{EMULATOR_MANAGEMENT_PORT}/", endpoint.host)
+        }
         None => format!("https://{}/", endpoint.host),
     };
     let management_auth = match &access {
@@ -156,7 +188,9 @@ struct Endpoint {
 impl Endpoint {
     fn amqp_url(&self) -> String {
         let scheme = if self.emulator { "amqp" } else { "amqps" };
-        let port = self.port.unwrap_or(if self.emulator { 5672 } else { AMQPS_PORT });
+        let port = self
+            .port
+            .unwrap_or(if self.emulator { 5672 } else { AMQPS_PORT });
         format!("{scheme}://{}:{port}", self.host)
     }
 
@@ -169,7 +203,10 @@ impl Endpoint {
     }
 }
 
-fn from_connection_string(cs: &ConnectionString, config: &ServiceBusConfig) -> (Endpoint, Access, Option<String>) {
+fn from_connection_string(
+    cs: &ConnectionString,
+    config: &ServiceBusConfig,
+) -> (Endpoint, Access, Option<String>) {
     let port = cs
         .amqp_url()
         .rsplit_once(':')
@@ -180,9 +217,10 @@ fn from_connection_string(cs: &ConnectionString, config: &ServiceBusConfig) -> (
         port,
         emulator: cs.is_development_emulator(),
     };
-    let topic = config
-        .topic_name()
-        .or(cs.entity_path())
-        .map(str::to_owned);
-    (endpoint, Access::SharedAccess(cs.shared_access().clone()), topic)
+    let topic = config.topic_name().or(cs.entity_path()).map(str::to_owned);
+    (
+        endpoint,
+        Access::SharedAccess(cs.shared_access().clone()),
+        topic,
+    )
 }
