@@ -15,6 +15,7 @@
 //! | `secrets` | no | `secrets`: environment and static providers, the composite `SecretStore` |
 //! | `azure` | no | `secrets::KeyVaultProvider` on the official Azure SDK (implies `secrets`) |
 //! | `rabbitmq` | no | `rabbitmq`: the RabbitMQ transport and `rabbitmq::spawn_job` |
+//! | `servicebus` | no | `servicebus`: the Azure Service Bus transport and its two registrations |
 //! | `testkit` | no | `testkit`: in-memory source, vault, recording cache, event builders |
 //!
 //! ```
@@ -57,6 +58,9 @@ pub use keyvault_invalidator_secrets as secrets;
 
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+
+#[cfg(feature = "servicebus")]
+pub mod servicebus;
 
 /// Test doubles and the conformance suite (feature `testkit`).
 #[cfg(feature = "testkit")]

@@ -166,3 +166,31 @@ fn the_rabbitmq_demo_refreshes_the_secret_through_the_broker() {
         "the password never prints: {stdout}"
     );
 }
+
+#[cfg(feature = "servicebus")]
+#[test]
+fn the_servicebus_example_runs_the_whole_flow_on_the_emulator() {
+    let output = Command::new(example("servicebus"))
+        .arg("--emulator")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "servicebus --emulator failed: {stdout}"
+    );
+    assert!(stdout.contains("subscription example-"), "{stdout}");
+    assert!(
+        stdout.contains("cache refreshed to the new version"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("job received 1, invalidated 1; subscriptions left on the topic: 0"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("SharedAccessKey="),
+        "no connection string is printed: {stdout}"
+    );
+}

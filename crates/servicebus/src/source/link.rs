@@ -48,6 +48,9 @@ pub(crate) struct Link {
     pub(crate) deliveries: mpsc::Receiver<Result<AmqpDelivery, AmqpError>>,
     pub(crate) commands: mpsc::Sender<Command>,
     stop: CancellationToken,
+    pump: Option<tokio::task::JoinHandle<()>>,
+    /// Held so the session lives as long as the link: its receiver needs it to detach.
+    session: AmqpSession,
     connection: Arc<AmqpConnection>,
 }
 
@@ -101,7 +104,7 @@ impl Link {
         let stop = CancellationToken::new();
         let (deliveries_tx, deliveries) = mpsc::channel(prefetch.max(1) as usize);
         let (commands, commands_rx) = mpsc::channel(64);
-        tokio::spawn(pump(receiver, commands_rx, deliveries_tx, stop.clone()));
+        let pump = tokio::spawn(pump(receiver, commands_rx, deliveries_tx, stop.clone()));
         tokio::spawn(renew(
             cbs,
             target.access.clone(),
@@ -113,15 +116,20 @@ impl Link {
             deliveries,
             commands,
             stop,
+            pump: Some(pump),
+            session,
             connection,
         })
     }
 
     /// Stops the pump (which detaches the receiver) and closes the connection.
-    pub(crate) async fn close(self) {
+    pub(crate) async fn close(mut self) {
         self.stop.cancel();
-        // Give the pump a moment to detach before the connection goes.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The receiver detaches before the connection goes (the pump does it on its way out).
+        if let Some(pump) = self.pump.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), pump).await;
+        }
+        let _ = self.session.end().await;
         let _ = self.connection.close().await;
     }
 }

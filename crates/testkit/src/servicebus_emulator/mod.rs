@@ -1,14 +1,63 @@
 //! An in-process Azure Service Bus emulator, for tests that cannot reach Azure.
 //!
-//! So far it emulates the **management endpoint** (plain HTTP on loopback): Atom `PUT` of a
-//! subscription (201 created, 409 exists, 404 no such topic) and `DELETE` (200, 404), with the
-//! `Authorization` header checked for real: a shared access signature must name a known policy,
-//! match its key, not be expired and cover the entity; a bearer token must be the emulator's
-//! test token. Anything else is 401. Topics fan messages out to every subscription.
+//! It serves two endpoints on loopback, each on a random port:
 //!
-//! Not emulated yet: the AMQP 1.0 endpoint (receivers, `$cbs`, peek-lock). Not emulated at
-//! all: rules and filters, sessions, queues, partitioning, the management API's `GET` and
-//! listing, the `Retry-After` of a throttled management call.
+//! - The **management endpoint** (plain HTTP): Atom `PUT` of a subscription (201 created, 409
+//!   exists, 404 no such topic) and `DELETE` (200, 404), with the `Authorization` header
+//!   checked for real: a shared access signature must name a known policy, match its key, not
+//!   be expired and cover the entity; a bearer token must be the emulator's test token.
+//!   Anything else is 401.
+//! - The **AMQP 1.0 endpoint** ([`amqp_url`](ServiceBusEmulator::amqp_url), plain AMQP, SASL
+//!   ANONYMOUS, as the Service Bus emulator's `UseDevelopmentEmulator=true` connection strings
+//!   use; see [`connection_string`](ServiceBusEmulator::connection_string)):
+//!   - `$cbs` `put-token` (request link and reply link, `status-code` and
+//!     `status-description`, `correlation-id` = the request's `message-id`). Type
+//!     `servicebus.windows.net:sastoken`: the signature is verified like the management
+//!     endpoint's, and its `sr` must cover the audience; type `jwt`: the token must be
+//!     [`bearer_token`](ServiceBusEmulator::bearer_token). 202 on success, 401 otherwise.
+//!     Authorisations belong to the connection (any session) and cover the audience's path
+//!     and below, until the token's expiry (SAS `se`; `expiration` for `jwt`). Audiences are
+//!     compared by path: the scheme, host and port are ignored.
+//!   - Receiver links on `{topic}/subscriptions/{subscription}` (case-insensitive; a URL with
+//!     that path works too) in peek-lock: without an authorisation the link is closed with
+//!     `amqp:unauthorized-access`, for an unknown subscription with `amqp:not-found` (after the
+//!     attach, as the service does). Messages go out as the link's credit allows, with one
+//!     `data` section (the body), `header.delivery-count` = prior deliveries,
+//!     `message-id` if the message has one, the application properties (strings), and the
+//!     annotations `x-opt-lock-token` (uuid), `x-opt-locked-until`, `x-opt-enqueued-time`,
+//!     `x-opt-sequence-number`. The lock starts when the transfer goes out and lasts the
+//!     subscription's `LockDuration`; an expired lock sends the message back to the front of
+//!     the queue and it is redelivered (also on a link that is idle).
+//!   - Outcomes: Accepted completes; Released and Modified abandon (the delivery count
+//!     rises; past `MaxDeliveryCount` the message is dead-lettered with reason
+//!     `MaxDeliveryCountExceeded`); Rejected dead-letters, with `DeadLetterReason` and
+//!     `DeadLetterErrorDescription` from the error's info when the receiver sent them (as
+//!     `com.microsoft:dead-letter` does) and empty otherwise (our best reading of the service:
+//!     a bare Rejected sets no reason). A settlement that arrives after the lock expired is
+//!     lost: it is recorded with `applied: false` and does nothing. Unsettled deliveries of a
+//!     link or connection that goes away stay locked until their locks expire.
+//!
+//! Topics fan messages out to every subscription, assigning sequence numbers from 1 per topic.
+//! Faults can be injected ([`drop_connections`](ServiceBusEmulator::drop_connections),
+//! [`detach_links_with_error`](ServiceBusEmulator::detach_links_with_error),
+//! [`reject_next_put_token`](ServiceBusEmulator::reject_next_put_token),
+//! [`expire_locks`](ServiceBusEmulator::expire_locks),
+//! [`fail_next_management`](ServiceBusEmulator::fail_next_management)), and what happened
+//! inspected ([`settlements`](ServiceBusEmulator::settlements),
+//! [`cbs_requests`](ServiceBusEmulator::cbs_requests), [`pending`](ServiceBusEmulator::pending),
+//! [`locked`](ServiceBusEmulator::locked), [`dead_letters`](ServiceBusEmulator::dead_letters)).
+//!
+//! Not emulated: TLS (`amqps`, port 5671) and AMQP over WebSockets; SASL mechanisms other than
+//! ANONYMOUS; sending over AMQP (a client's sender link other than `$cbs` is closed with
+//! `amqp:not-implemented`; publish with [`publish`](ServiceBusEmulator::publish)); queues,
+//! sessions, rules and filters, partitioning, scheduled and deferred messages (a Modified with
+//! `undeliverable-here` abandons), Modified's annotations, duplicate detection, message
+//! time-to-live and expiry, receiving from the `$deadletterqueue` sub-queue, the `$management`
+//! node (lock renewal, peek, settlement by lock token), link and connection detach when a
+//! token expires (authorisation is checked at attach only), idle timeouts and
+//! `AutoDeleteOnIdle`; the lock token is not the delivery tag (use `x-opt-lock-token`);
+//! the management API's `GET` and listing, and the `Retry-After` of a throttled management
+//! call.
 //!
 //! ```
 //! use keyvault_invalidator_testkit::servicebus_emulator::ServiceBusEmulator;
@@ -21,6 +70,8 @@
 //! # Ok(()) }
 //! ```
 
+mod amqp;
+mod cbs;
 mod management;
 mod sas;
 mod state;
@@ -31,11 +82,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::StatusCode;
-use tokio::task::JoinHandle;
+use tokio::sync::broadcast;
+use tokio::task::{AbortHandle, JoinHandle};
 
+pub use cbs::CbsRequest;
 pub use management::ManagementRequest;
 pub use sas::{verify as verify_sas, SasRejection};
-pub use state::{DeadLetteredMessage, StoredMessage, SubscriptionSettings};
+pub use state::{DeadLetteredMessage, Settlement, StoredMessage, SubscriptionSettings};
 
 use state::Entities;
 
@@ -50,8 +103,11 @@ pub struct ServiceBusEmulator {
 
 pub(crate) struct Shared {
     pub(crate) management_endpoint: String,
+    amqp_port: u16,
     policy_key: String,
     bearer_token: String,
+    /// Conditions `detach_links_with_error` sends to every entity link.
+    link_faults: broadcast::Sender<String>,
     state: Mutex<State>,
 }
 
@@ -60,6 +116,10 @@ pub(crate) struct State {
     pub(crate) entities: Entities,
     pub(crate) management_requests: Vec<ManagementRequest>,
     pub(crate) management_faults: VecDeque<StatusCode>,
+    pub(crate) cbs_requests: Vec<CbsRequest>,
+    pub(crate) reject_next_put_token: bool,
+    /// Each AMQP connection's socket relay and engine task.
+    pub(crate) connections: Vec<(AbortHandle, AbortHandle)>,
 }
 
 impl Shared {
@@ -91,14 +151,46 @@ impl ServiceBusEmulator {
     pub async fn start() -> std::io::Result<Self> {
         let listener = management::bind().await?;
         let port = listener.local_addr()?.port();
+        let amqp_listener = amqp::bind().await?;
+        let amqp_port = amqp_listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             management_endpoint: format!("http://127.0.0.1:{port}/"),
+            amqp_port,
             policy_key: random_key(),
             bearer_token: format!("emulator-token-{}", random_key()),
+            link_faults: broadcast::channel(16).0,
             state: Mutex::new(State::default()),
         });
-        let tasks = vec![tokio::spawn(management::serve(listener, shared.clone()))];
+        let tasks = vec![
+            tokio::spawn(management::serve(listener, shared.clone())),
+            tokio::spawn(amqp::serve(amqp_listener, shared.clone())),
+        ];
         Ok(ServiceBusEmulator { shared, tasks })
+    }
+
+    /// The AMQP endpoint's port on 127.0.0.1.
+    pub fn amqp_port(&self) -> u16 {
+        self.shared.amqp_port
+    }
+
+    /// The AMQP endpoint, `amqp://127.0.0.1:{port}` (plain AMQP, SASL ANONYMOUS).
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://127.0.0.1:{}", self.shared.amqp_port)
+    }
+
+    /// A connection string for the AMQP endpoint with the [`POLICY_NAME`] policy, in the
+    /// Service Bus emulator's form: `Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=..;
+    /// SharedAccessKey=..;UseDevelopmentEmulator=true[;EntityPath={entity_path}]`.
+    pub fn connection_string(&self, entity_path: Option<&str>) -> String {
+        let mut connection_string = format!(
+            "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName={POLICY_NAME};SharedAccessKey={};UseDevelopmentEmulator=true",
+            self.shared.amqp_port, self.shared.policy_key
+        );
+        if let Some(entity_path) = entity_path {
+            connection_string.push_str(";EntityPath=");
+            connection_string.push_str(entity_path);
+        }
+        connection_string
     }
 
     /// Creates a topic (idempotent).
@@ -109,6 +201,21 @@ impl ServiceBusEmulator {
             .topics
             .entry(topic.to_ascii_lowercase())
             .or_default();
+    }
+
+    /// Creates a subscription directly, as the management endpoint's `PUT` would. Whether it
+    /// was created (`false`: no such topic, or it exists already).
+    pub fn create_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: SubscriptionSettings,
+    ) -> bool {
+        self.shared
+            .lock()
+            .entities
+            .create_subscription(topic, name, settings)
+            == state::Creation::New
     }
 
     /// The management endpoint's base URL, `http://127.0.0.1:{port}/`.
@@ -124,6 +231,11 @@ impl ServiceBusEmulator {
     /// The bearer token the emulator accepts (give it to a fake credential).
     pub fn bearer_token(&self) -> &str {
         &self.shared.bearer_token
+    }
+
+    /// The topics, sorted (lower-cased: topic names are case-insensitive).
+    pub fn topics(&self) -> Vec<String> {
+        self.shared.lock().entities.topics.keys().cloned().collect()
     }
 
     /// The names of the topic's subscriptions, sorted.
@@ -146,25 +258,120 @@ impl ServiceBusEmulator {
             .map(|s| s.settings.clone())
     }
 
-    /// Publishes to a topic: every subscription gets a copy. Whether the topic exists.
+    /// Publishes to a topic: every subscription gets a copy (no message id). Whether the
+    /// topic exists.
     pub fn publish(&self, topic: &str, body: &[u8], properties: BTreeMap<String, String>) -> bool {
+        self.publish_message(topic, body, properties, None)
+    }
+
+    /// Publishes to a topic as an Event Grid subscription with a Service Bus topic endpoint
+    /// does: the body as given (one event, JSON), a fresh message id and Event Grid's
+    /// application properties: `aeg-subscription-name`, `aeg-delivery-count` (`"0"`),
+    /// `aeg-event-type` (`"Notification"`, as for every event rather than a handshake),
+    /// `aeg-metadata-version` (`"1"`), `aeg-data-version` (`"1"`) and
+    /// `aeg-output-event-id` (a fresh UUID). Whether the topic exists.
+    pub fn publish_as_event_grid(&self, topic: &str, body: &[u8]) -> bool {
+        let properties = BTreeMap::from([
+            (
+                "aeg-subscription-name".to_owned(),
+                format!("{}-EMULATOR", topic.to_ascii_uppercase()),
+            ),
+            ("aeg-delivery-count".to_owned(), "0".to_owned()),
+            // Event Grid marks every event it delivers (as opposed to its handshakes) this way.
+            ("aeg-event-type".to_owned(), "Notification".to_owned()),
+            ("aeg-metadata-version".to_owned(), "1".to_owned()),
+            ("aeg-data-version".to_owned(), "1".to_owned()),
+            (
+                "aeg-output-event-id".to_owned(),
+                uuid::Uuid::new_v4().to_string(),
+            ),
+        ]);
+        let message_id = uuid::Uuid::new_v4().to_string();
+        self.publish_message(topic, body, properties, Some(message_id))
+    }
+
+    /// Publishes with an explicit message id (`properties.message-id`). Whether the topic
+    /// exists.
+    pub fn publish_message(
+        &self,
+        topic: &str,
+        body: &[u8],
+        properties: BTreeMap<String, String>,
+        message_id: Option<String>,
+    ) -> bool {
         self.shared.lock().entities.publish(
             topic,
             StoredMessage {
                 body: body.to_vec(),
                 properties,
                 delivery_count: 0,
+                message_id,
+                sequence_number: 0,
+                enqueued_time: SystemTime::now(),
             },
         )
     }
 
-    /// Messages waiting in a subscription.
+    /// Messages queued in a subscription, not counting locked ones (see
+    /// [`locked`](Self::locked)).
     pub fn pending(&self, topic: &str, subscription: &str) -> Option<usize> {
         self.shared
             .lock()
             .entities
             .subscription(topic, subscription)
             .map(|s| s.messages.len())
+    }
+
+    /// Messages handed to receiver links and not settled: locked (peek-lock, expired locks
+    /// not counted), or being transferred (a link can hold one while it waits for link credit;
+    /// its lock starts with the transfer).
+    pub fn locked(&self, topic: &str, subscription: &str) -> usize {
+        let mut state = self.shared.lock();
+        match state.entities.subscription_mut(topic, subscription) {
+            Some(s) => {
+                s.expire_locks(std::time::Instant::now());
+                s.locked.len() + s.reserved.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Every settlement receivers sent on the subscription, in order (to check that no
+    /// delivery was settled twice, or that a settlement came too late).
+    pub fn settlements(&self, topic: &str, subscription: &str) -> Vec<Settlement> {
+        self.shared
+            .lock()
+            .entities
+            .subscription(topic, subscription)
+            .map(|s| s.settlements.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every `put-token` request the `$cbs` node answered, in order.
+    pub fn cbs_requests(&self) -> Vec<CbsRequest> {
+        self.shared.lock().cbs_requests.clone()
+    }
+
+    /// Answers the next `put-token` with 401, even if its token is valid.
+    pub fn reject_next_put_token(&self) {
+        self.shared.lock().reject_next_put_token = true;
+    }
+
+    /// Drops every AMQP connection abruptly: the sockets close without an AMQP `close`, as
+    /// when the network or a gateway fails. Unsettled deliveries stay locked until their
+    /// locks expire.
+    pub fn drop_connections(&self) {
+        for (relay, connection) in std::mem::take(&mut self.shared.lock().connections) {
+            relay.abort();
+            connection.abort();
+        }
+    }
+
+    /// Detaches (closes) every receiver link on a subscription with the error `condition`,
+    /// e.g. `com.microsoft:server-busy` or `amqp:link:detach-forced`. Connections, sessions
+    /// and `$cbs` links stay.
+    pub fn detach_links_with_error(&self, condition: &str) {
+        let _ = self.shared.link_faults.send(condition.to_owned());
     }
 
     /// The subscription's dead-letter sub-queue, oldest first.
@@ -207,6 +414,7 @@ impl Drop for ServiceBusEmulator {
         for task in &self.tasks {
             task.abort();
         }
+        self.drop_connections();
     }
 }
 
@@ -214,6 +422,7 @@ impl fmt::Debug for ServiceBusEmulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceBusEmulator")
             .field("management_endpoint", &self.shared.management_endpoint)
+            .field("amqp_port", &self.shared.amqp_port)
             .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,10 @@
 //! The emulator's entities: topics and their subscriptions.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
 
 /// How a subscription was created (from the management API's Atom entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,12 @@ pub struct StoredMessage {
     pub properties: BTreeMap<String, String>,
     /// Deliveries so far.
     pub delivery_count: u32,
+    /// The message id (`properties.message-id`), if the sender set one.
+    pub message_id: Option<String>,
+    /// The sequence number the topic assigned (`x-opt-sequence-number`), from 1.
+    pub sequence_number: i64,
+    /// When the topic accepted the message (`x-opt-enqueued-time`).
+    pub enqueued_time: SystemTime,
 }
 
 /// A message in a subscription's dead-letter sub-queue.
@@ -48,7 +57,6 @@ pub struct DeadLetteredMessage {
 }
 
 /// A peek-lock: the lock token (a GUID, as Service Bus issues) and its expiry.
-#[allow(dead_code)] // read by the AMQP endpoint, the emulator's next step
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lock {
     pub(crate) token: String,
@@ -56,7 +64,6 @@ pub(crate) struct Lock {
 }
 
 /// Why a settlement was refused.
-#[allow(dead_code)] // returned to the AMQP endpoint, the emulator's next step
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LockLost {
     /// The lock expired (the message went back to the queue) or the token is unknown.
@@ -69,12 +76,28 @@ pub(crate) struct Subscription {
     pub(crate) messages: VecDeque<StoredMessage>,
     pub(crate) locked: BTreeMap<String, (StoredMessage, Instant)>,
     pub(crate) dead_letters: Vec<DeadLetteredMessage>,
+    /// Messages handed to a receiver link that waits for link credit to transfer them: not
+    /// delivered yet, so no lock runs (the lock starts on transfer, as on the service).
+    pub(crate) reserved: BTreeMap<String, StoredMessage>,
+    /// Every settlement a receiver sent, in order.
+    pub(crate) settlements: Vec<Settlement>,
+    /// Woken whenever a message becomes available.
+    pub(crate) available: Arc<Notify>,
     next_lock: u64,
 }
 
-// The AMQP endpoint (the next step of the emulator) drives receive and settlement; until it
-// lands only the tests and the fault-injection methods call them.
-#[allow(dead_code)]
+/// One settlement (disposition) a receiver sent for a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The delivery's lock token (`x-opt-lock-token`), GUID text.
+    pub lock_token: String,
+    /// `"accepted"`, `"rejected"`, `"released"` or `"modified"`.
+    pub outcome: &'static str,
+    /// Whether it took effect: `false` when the lock had already expired (the message had
+    /// gone back to the queue), as the service loses such a settlement.
+    pub applied: bool,
+}
+
 impl Subscription {
     /// Returns expired locks' messages to the front of the queue, as the service does.
     pub(crate) fn expire_locks(&mut self, now: Instant) {
@@ -84,10 +107,52 @@ impl Subscription {
             .filter(|(_, (_, until))| *until <= now)
             .map(|(token, _)| token.clone())
             .collect();
+        let any = !expired.is_empty();
         for token in expired.into_iter().rev() {
             if let Some((message, _)) = self.locked.remove(&token) {
                 self.messages.push_front(message);
             }
+        }
+        if any {
+            self.available.notify_waiters();
+        }
+    }
+
+    /// When the earliest lock runs out.
+    pub(crate) fn next_lock_expiry(&self) -> Option<Instant> {
+        self.locked.values().map(|(_, until)| *until).min()
+    }
+
+    /// Like [`receive`](Self::receive), for a link that still has to wait for credit: the
+    /// message is counted and gets its token, but its lock starts only at
+    /// [`transferred`](Self::transferred); [`unreserve`](Self::unreserve) undoes it.
+    pub(crate) fn reserve(&mut self, now: Instant) -> Option<(StoredMessage, Lock)> {
+        let (message, lock) = self.receive(now)?;
+        self.locked.remove(&lock.token);
+        self.reserved.insert(lock.token.clone(), message.clone());
+        Some((message, lock))
+    }
+
+    /// The reserved message went out: its lock starts now. Whether it was still reserved.
+    pub(crate) fn transferred(&mut self, token: &str, now: Instant) -> bool {
+        match self.reserved.remove(token) {
+            Some(message) => {
+                self.locked.insert(
+                    token.to_owned(),
+                    (message, now + self.settings.lock_duration),
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The reserved message never went out: back to the front of the queue, uncounted.
+    pub(crate) fn unreserve(&mut self, token: &str) {
+        if let Some(mut message) = self.reserved.remove(token) {
+            message.delivery_count = message.delivery_count.saturating_sub(1);
+            self.messages.push_front(message);
+            self.available.notify_waiters();
         }
     }
 
@@ -140,6 +205,7 @@ impl Subscription {
     pub(crate) fn abandon(&mut self, token: &str, now: Instant) -> Result<(), LockLost> {
         let message = self.take_locked(token, now)?;
         self.messages.push_front(message);
+        self.available.notify_waiters();
         Ok(())
     }
 
@@ -186,6 +252,8 @@ fn lock_token(n: u64) -> String {
 #[derive(Debug, Default)]
 pub(crate) struct Topic {
     pub(crate) subscriptions: BTreeMap<String, Subscription>,
+    /// The last sequence number assigned.
+    pub(crate) last_sequence_number: i64,
 }
 
 #[derive(Debug, Default)]
@@ -253,12 +321,17 @@ impl Entities {
     }
 
     /// Every subscription of the topic gets its own copy. Whether the topic exists.
-    pub(crate) fn publish(&mut self, topic: &str, message: StoredMessage) -> bool {
+    /// The topic assigns the sequence number and the enqueued time.
+    pub(crate) fn publish(&mut self, topic: &str, mut message: StoredMessage) -> bool {
         let Some(topic) = self.topics.get_mut(&topic.to_ascii_lowercase()) else {
             return false;
         };
+        topic.last_sequence_number += 1;
+        message.sequence_number = topic.last_sequence_number;
+        message.enqueued_time = SystemTime::now();
         for subscription in topic.subscriptions.values_mut() {
             subscription.messages.push_back(message.clone());
+            subscription.available.notify_waiters();
         }
         true
     }
@@ -281,6 +354,9 @@ mod tests {
             body: b"m".to_vec(),
             properties: BTreeMap::new(),
             delivery_count: 0,
+            message_id: None,
+            sequence_number: 1,
+            enqueued_time: SystemTime::now(),
         });
         subscription
     }
@@ -319,6 +395,25 @@ mod tests {
         .unwrap();
         assert_eq!(sub.dead_letters[0].reason, "MalformedPayload");
         assert!(sub.messages.is_empty() && sub.locked.is_empty());
+    }
+
+    #[test]
+    fn a_reserved_message_is_not_locked_until_transferred_and_can_go_back_uncounted() {
+        let now = Instant::now();
+        let mut sub = subscription(10);
+        let (message, lock) = sub.reserve(now).unwrap();
+        assert_eq!(message.delivery_count, 1);
+        assert!(sub.locked.is_empty());
+        sub.expire_all_locks();
+        assert_eq!(sub.reserved.len(), 1);
+        sub.unreserve(&lock.token);
+        assert!(sub.reserved.is_empty());
+        let (again, lock) = sub.reserve(now).unwrap();
+        assert_eq!(again.delivery_count, 1);
+        assert!(sub.transferred(&lock.token, now));
+        assert_eq!(sub.next_lock_expiry(), Some(now + Duration::from_secs(60)));
+        sub.complete(&lock.token, now).unwrap();
+        assert!(!sub.transferred(&lock.token, now));
     }
 
     #[test]

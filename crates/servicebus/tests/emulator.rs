@@ -1,0 +1,389 @@
+//! The Service Bus source against the testkit's in-process emulator: the conformance suite,
+//! both registrations end to end, and faults.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyvault_invalidator_core::secrecy::ExposeSecret;
+use keyvault_invalidator_core::{parse_events, Job, JobHandle, KeyVaultInvalidator, SecretCache};
+use keyvault_invalidator_moka::CachedSecretProvider;
+use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
+use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
+use keyvault_invalidator_testkit::keyvault_standin::FakeTokenCredential;
+use keyvault_invalidator_testkit::servicebus_emulator::ServiceBusEmulator;
+use keyvault_invalidator_testkit::{InMemoryVault, KeyVaultEventBuilder, RecordingCache};
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+fn unique_topic(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{what}-{}", NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The connection-string registration, pointed at the emulator.
+fn connection_string_config(emulator: &ServiceBusEmulator, topic: &str) -> ServiceBusConfig {
+    ServiceBusConfig::connection_string(&emulator.connection_string(Some(topic)), "app")
+        .unwrap()
+        .management_endpoint(emulator.management_endpoint())
+        .unwrap()
+}
+
+/// Five seconds, the shortest lock Service Bus allows: deliveries stranded on a dead link
+/// come back quickly.
+fn short_lock() -> keyvault_invalidator_servicebus::SubscriptionProperties {
+    keyvault_invalidator_servicebus::SubscriptionProperties {
+        lock_duration: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+struct Emulated {
+    emulator: ServiceBusEmulator,
+}
+
+#[async_trait::async_trait]
+impl ConformanceTarget for Emulated {
+    type Source = ServiceBusSource;
+
+    async fn new_source(&self) -> ServiceBusSource {
+        let topic = unique_topic("conformance");
+        self.emulator.create_topic(&topic);
+        let source = ServiceBusSource::new(connection_string_config(&self.emulator, &topic));
+        source.connect().await.expect("connect");
+        source
+    }
+
+    async fn publish(&self, source: &ServiceBusSource, _message_id: &str, body: &[u8]) {
+        assert!(self
+            .emulator
+            .publish_as_event_grid(&topic_of(&self.emulator, source), body));
+    }
+
+    async fn dead_letters(&self, source: &ServiceBusSource) -> Vec<DeadLetter> {
+        let topic = topic_of(&self.emulator, source);
+        self.emulator
+            .dead_letters(&topic, source.subscription_name())
+            .into_iter()
+            .map(|d| DeadLetter {
+                body: d.message.body,
+                reason: d.reason,
+                description: d.description,
+            })
+            .collect()
+    }
+
+    fn dead_letter_carries_reason(&self) -> bool {
+        false
+    }
+}
+
+/// The topic a source's subscription lives in, found through the emulator.
+fn topic_of(emulator: &ServiceBusEmulator, source: &ServiceBusSource) -> String {
+    emulator
+        .topics()
+        .into_iter()
+        .find(|t| {
+            emulator
+                .subscriptions(t)
+                .iter()
+                .any(|s| s == source.subscription_name())
+        })
+        .expect("the source's subscription exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_bus_source_passes_the_conformance_suite() {
+    let target = Emulated {
+        emulator: ServiceBusEmulator::start().await.unwrap(),
+    };
+    conformance::run_all(&target).await;
+}
+
+async fn job_over<C: SecretCache + 'static>(
+    config: ServiceBusConfig,
+    cache: C,
+) -> (ServiceBusSource, JobHandle) {
+    let source = ServiceBusSource::new(config);
+    source.connect().await.expect("connect");
+    let invalidator = KeyVaultInvalidator::builder(cache)
+        .allow_vault("prod-kv")
+        .build();
+    let handle = Job::builder(source.clone(), invalidator).spawn();
+    (source, handle)
+}
+
+fn event(name: &str, version: &str) -> KeyVaultEventBuilder {
+    KeyVaultEventBuilder::secret_new_version(name)
+        .vault("prod-kv")
+        .version(version)
+        .now()
+}
+
+async fn run_end_to_end(emulator: &ServiceBusEmulator, topic: &str, config: ServiceBusConfig) {
+    let vault = InMemoryVault::new();
+    for name in ["db-password", "api-key", "untouched"] {
+        vault.set(name, "v1");
+    }
+    let cache = CachedSecretProvider::new(vault.clone());
+    for name in ["db-password", "api-key", "untouched"] {
+        cache.get(name).await.unwrap();
+    }
+    let (source, handle) = job_over(config, cache.clone()).await;
+    let subscription = source.subscription_name().to_owned();
+    assert_eq!(
+        emulator.subscriptions(topic),
+        vec![subscription.clone()],
+        "the subscription appears"
+    );
+
+    let db = vault.rotate("db-password", "v2");
+    let api = vault.rotate("api-key", "v2");
+    assert!(emulator.publish_as_event_grid(topic, &event("db-password", &db).cloud_event_bytes()));
+    assert!(emulator.publish_as_event_grid(topic, &event("api-key", &api).event_grid_bytes()));
+    let malformed =
+        br#"{"id":"bad-1","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{}}"#;
+    assert!(emulator.publish_as_event_grid(topic, malformed));
+
+    eventually("all three deliveries are settled", || {
+        let stats = handle.stats();
+        stats.completed + stats.dead_lettered == 3
+    })
+    .await;
+    for (name, expected) in [
+        ("db-password", "v2"),
+        ("api-key", "v2"),
+        ("untouched", "v1"),
+    ] {
+        assert_eq!(
+            cache.get(name).await.unwrap().value().expose_secret(),
+            expected,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        (
+            vault.calls("db-password"),
+            vault.calls("api-key"),
+            vault.calls("untouched")
+        ),
+        (2, 2, 1)
+    );
+    // The job counts a settlement when it decides it; the emulator applies it a moment later.
+    eventually(
+        "the malformed payload reaches the dead-letter sub-queue",
+        || emulator.dead_letters(topic, &subscription).len() == 1,
+    )
+    .await;
+    eventually("nothing is left locked", || {
+        emulator.locked(topic, &subscription) == 0
+    })
+    .await;
+    let dead = emulator.dead_letters(topic, &subscription);
+    assert_eq!(dead[0].message.body, malformed.to_vec());
+    assert!(parse_events(malformed).is_err());
+    assert_eq!(
+        emulator.pending(topic, &subscription),
+        Some(0),
+        "completed, nothing left"
+    );
+
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.dead_lettered, stats.invalidated),
+        (2, 1, 2)
+    );
+    assert_eq!(
+        emulator.subscriptions(topic),
+        Vec::<String>::new(),
+        "shutdown deletes the subscription"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_with_a_connection_string() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("e2e-cs");
+    emulator.create_topic(&topic);
+    let config = connection_string_config(&emulator, &topic);
+    run_end_to_end(&emulator, &topic, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_with_a_connection_string_from_the_secret_store() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("e2e-store");
+    emulator.create_topic(&topic);
+    let store = InMemoryVault::new();
+    store.set(
+        "ServiceBus--ConnectionString",
+        &emulator.connection_string(Some(&topic)),
+    );
+    let config = ServiceBusConfig::connection_string_from_store(
+        store.clone(),
+        "ServiceBus--ConnectionString",
+        "app",
+    )
+    .unwrap()
+    .management_endpoint(emulator.management_endpoint())
+    .unwrap();
+    run_end_to_end(&emulator, &topic, config).await;
+    assert_eq!(store.calls("ServiceBus--ConnectionString"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_with_an_entra_id_credential() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("e2e-identity");
+    emulator.create_topic(&topic);
+    let credential = Arc::new(FakeTokenCredential::new(emulator.bearer_token()));
+    let config = ServiceBusConfig::with_credential(&topic, "app", "my-ns", credential.clone())
+        .unwrap()
+        .amqp_endpoint(&emulator.amqp_url())
+        .unwrap()
+        .management_endpoint(emulator.management_endpoint())
+        .unwrap();
+    run_end_to_end(&emulator, &topic, config).await;
+    assert_eq!(
+        credential.last_scopes(),
+        vec!["https://servicebus.azure.net/.default".to_owned()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_lost_when_the_connection_drops_mid_stream_or_a_token_is_refused_once() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("faults");
+    emulator.create_topic(&topic);
+    let cache = RecordingCache::new();
+    // Deliveries on the dropped connection come back when their locks expire: keep that short.
+    let config = connection_string_config(&emulator, &topic)
+        .subscription_properties(short_lock())
+        .unwrap();
+    let (_source, handle) = job_over(config, cache.clone()).await;
+
+    let names: Vec<String> = (0..30).map(|n| format!("secret-{n}")).collect();
+    for (n, name) in names.iter().enumerate() {
+        if n == 10 {
+            emulator.reject_next_put_token();
+            emulator.drop_connections();
+        }
+        assert!(emulator.publish_as_event_grid(&topic, &event(name, "abc").event_grid_bytes()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually("every event's secret is invalidated", || {
+        cache
+            .invalidated()
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .len()
+            == names.len()
+    })
+    .await;
+    let seen: BTreeSet<String> = cache.invalidated().into_iter().collect();
+    assert_eq!(
+        seen,
+        names.iter().cloned().collect::<BTreeSet<_>>(),
+        "lost: none"
+    );
+    let stats = handle.stats();
+    assert!(stats.receive_errors >= 1, "the drop was noticed: {stats:?}");
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_lock_expired_is_not_completed_and_comes_back() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("lock");
+    emulator.create_topic(&topic);
+    let config = connection_string_config(&emulator, &topic)
+        .subscription_properties(short_lock())
+        .unwrap();
+    let cache = RecordingCache::new();
+    cache.hold();
+    let (source, handle) = job_over(config, cache.clone()).await;
+    let subscription = source.subscription_name().to_owned();
+
+    assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "abc").event_grid_bytes()));
+    eventually("the invalidation is in flight", || cache.running() == 1).await;
+    // Hold the invalidation past the 5 s lock: the service takes the message back.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cache.release();
+
+    // The job decides to complete both deliveries; the source refuses the one whose lock ran
+    // out, so only the redelivery's completion reaches the service.
+    eventually("the redelivery is invalidated and completed", || {
+        cache.invalidated().len() == 2 && handle.stats().completed == 2
+    })
+    .await;
+    let stats = handle.stats();
+    assert_eq!(
+        stats.settle_errors, 1,
+        "the expired delivery was not completed: {stats:?}"
+    );
+    eventually("the completion is applied", || {
+        emulator.locked(&topic, &subscription) == 0
+    })
+    .await;
+    let settlements = emulator.settlements(&topic, &subscription);
+    assert_eq!(
+        settlements.len(),
+        1,
+        "one settlement sent, for the live lock: {settlements:?}"
+    );
+    assert_eq!(
+        (settlements[0].outcome, settlements[0].applied),
+        ("accepted", true)
+    );
+    assert_eq!(emulator.pending(&topic, &subscription), Some(0));
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_subscription_is_a_clear_fatal_error() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("missing");
+    emulator.create_topic(&topic);
+    let config = connection_string_config(&emulator, &topic)
+        .existing_subscription("nobody-made-this")
+        .unwrap();
+    let source = ServiceBusSource::new(config);
+    // The service refuses the link right after the attach: the refusal shows at connect or at
+    // the first receive.
+    let error = match source.connect().await {
+        Err(error) => error,
+        Ok(()) => {
+            use keyvault_invalidator_core::EventSource;
+            tokio::time::timeout(Duration::from_secs(30), source.receive(1))
+                .await
+                .expect("the refusal arrives")
+                .unwrap_err()
+        }
+    };
+    assert_eq!(
+        error.kind,
+        keyvault_invalidator_core::SourceErrorKind::Fatal,
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("the topic or subscription does not exist"),
+        "{error}"
+    );
+    assert_eq!(
+        emulator.management_requests(),
+        vec![],
+        "an existing subscription is never created"
+    );
+}
