@@ -387,3 +387,34 @@ async fn a_missing_subscription_is_a_clear_fatal_error() {
         "an existing subscription is never created"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqps_endpoint_is_reached_over_tls() {
+    // The emulator speaks plain AMQP only, so a TLS handshake with it fails: what matters is
+    // that the TLS path runs (a transient connection error), not a panic over rustls setup.
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("tls");
+    emulator.create_topic(&topic);
+    let tls_url = emulator.amqp_url().replace("amqp://", "amqps://");
+    let config = connection_string_config(&emulator, &topic)
+        .amqp_endpoint(&tls_url)
+        .unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(30),
+        ServiceBusSource::new(config).connect(),
+    )
+    .await
+    .expect("the handshake fails promptly")
+    .unwrap_err();
+    assert_eq!(
+        error.kind,
+        keyvault_invalidator_core::SourceErrorKind::Transient,
+        "{error}"
+    );
+    // rustls read the plain-AMQP answer as a TLS record of the wrong type.
+    assert!(
+        error.message.starts_with("connecting to Service Bus")
+            && error.message.contains("InvalidContentType"),
+        "{error}"
+    );
+}

@@ -61,6 +61,7 @@ impl Link {
         subscription: &str,
         prefetch: u32,
     ) -> Result<Link, SourceError> {
+        install_crypto_provider();
         let connection = Arc::new(AmqpConnection::new());
         let options = AmqpConnectionOptions {
             idle_timeout: Some(azure_core::time::Duration::seconds(60)),
@@ -138,6 +139,19 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// fe2o3 builds its rustls client config from the process-wide crypto provider, and rustls
+/// refuses to choose one when the build has several (this workspace's HTTP stack brings
+/// aws-lc-rs, fe2o3 brings ring). Install ring unless the application already chose one.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Err means another thread installed one first: that one serves as well.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    });
 }
 
 async fn authorize(
