@@ -22,8 +22,8 @@ pub enum Authorization {
     Credential(Arc<dyn TokenCredential>),
     /// A connection string given directly.
     ConnectionString(ConnectionString),
-    /// A connection string read from a secret provider (the secret store) under a key at start,
-    /// and read again when the service keeps refusing it (it may have been rotated).
+    /// A connection string read from a secret provider (the secret store) under a key at start
+    /// and again at every reconnection, so a rotated one is picked up.
     ConnectionStringFromStore {
         /// Where it is read from.
         provider: Arc<dyn SecretProvider>,
@@ -142,8 +142,8 @@ impl ServiceBusConfig {
     }
 
     /// The connection-string registration of the original: the string is read at start from
-    /// `provider` (the secret store) under `secret_key`, and read again when the service keeps
-    /// answering unauthorized.
+    /// `provider` (the secret store) under `secret_key`, and again at every reconnection, so
+    /// after a rotation the refusals end as soon as the store holds the new string.
     pub fn connection_string_from_store(
         provider: impl SecretProvider + 'static,
         secret_key: &str,

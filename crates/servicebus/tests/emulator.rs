@@ -418,3 +418,62 @@ async fn an_amqps_endpoint_is_reached_over_tls() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_connection_string_is_read_again_from_the_store() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("rotation");
+    emulator.create_topic(&topic);
+    let store = InMemoryVault::new();
+    store.set(
+        "ServiceBus--ConnectionString",
+        &emulator.connection_string(Some(&topic)),
+    );
+    let config = ServiceBusConfig::connection_string_from_store(
+        store.clone(),
+        "ServiceBus--ConnectionString",
+        "app",
+    )
+    .unwrap()
+    .management_endpoint(emulator.management_endpoint())
+    .unwrap()
+    .subscription_properties(short_lock())
+    .unwrap();
+    let cache = RecordingCache::new();
+    let (_source, handle) = job_over(config, cache.clone()).await;
+    assert!(emulator.publish_as_event_grid(&topic, &event("before", "abc").event_grid_bytes()));
+    eventually("the first event is handled", || {
+        cache.invalidated() == vec!["before"]
+    })
+    .await;
+
+    // The key is rotated and the connection drops: the old string is refused until the store
+    // holds the new one.
+    emulator.rotate_policy_key();
+    emulator.drop_connections();
+    assert!(emulator.publish_as_event_grid(&topic, &event("after", "abc").event_grid_bytes()));
+    eventually("the refusals are noticed", || {
+        handle.stats().receive_errors >= 2
+    })
+    .await;
+    store.rotate(
+        "ServiceBus--ConnectionString",
+        &emulator.connection_string(Some(&topic)),
+    );
+
+    eventually("the event after the rotation is handled", || {
+        cache.invalidated() == vec!["before", "after"]
+    })
+    .await;
+    let refused = emulator
+        .cbs_requests()
+        .iter()
+        .filter(|request| request.status == 401)
+        .count();
+    assert!(refused >= 1, "the old key was refused at least once");
+    assert!(
+        store.calls("ServiceBus--ConnectionString") >= 3,
+        "read at start and again after refusals"
+    );
+    handle.shutdown().await.unwrap();
+}

@@ -38,7 +38,7 @@ fn with_key(emulator: &ServiceBusEmulator, key: &str) -> ManagementClient {
 #[tokio::test]
 async fn creates_the_subscription_as_described_then_reports_a_conflict() {
     let emulator = emulator().await;
-    let client = with_key(&emulator, emulator.policy_key());
+    let client = with_key(&emulator, &emulator.policy_key());
     let properties = SubscriptionProperties {
         lock_duration: Duration::from_secs(30),
         max_delivery_count: 7,
@@ -78,7 +78,7 @@ async fn creates_the_subscription_as_described_then_reports_a_conflict() {
 #[tokio::test]
 async fn deletes_once_and_then_finds_it_gone() {
     let emulator = emulator().await;
-    let client = with_key(&emulator, emulator.policy_key());
+    let client = with_key(&emulator, &emulator.policy_key());
     client
         .create_subscription(TOPIC, "app-1", &SubscriptionProperties::default())
         .await
@@ -97,7 +97,7 @@ async fn deletes_once_and_then_finds_it_gone() {
 #[tokio::test]
 async fn a_missing_topic_or_a_refused_key_is_fatal_and_says_why() {
     let emulator = emulator().await;
-    let error = with_key(&emulator, emulator.policy_key())
+    let error = with_key(&emulator, &emulator.policy_key())
         .create_subscription("no-such-topic", "app-1", &SubscriptionProperties::default())
         .await
         .unwrap_err();
@@ -120,7 +120,7 @@ async fn a_missing_topic_or_a_refused_key_is_fatal_and_says_why() {
 #[tokio::test]
 async fn an_expired_or_misdirected_signature_is_refused() {
     let emulator = emulator().await;
-    let key = SecretString::from(emulator.policy_key().to_owned());
+    let key = SecretString::from(emulator.policy_key());
     let entity = format!(
         "{}{TOPIC}/subscriptions/app-1",
         emulator.management_endpoint()
@@ -190,7 +190,7 @@ async fn an_entra_id_credential_sends_a_bearer_token_for_the_service_bus_scope()
 async fn a_busy_service_is_transient() {
     let emulator = emulator().await;
     emulator.fail_next_management(503);
-    let client = with_key(&emulator, emulator.policy_key());
+    let client = with_key(&emulator, &emulator.policy_key());
     let error = client
         .create_subscription(TOPIC, "app-4", &SubscriptionProperties::default())
         .await

@@ -129,7 +129,7 @@ impl Client {
     /// Authorises the subscription with a SAS token for the topic, as the SDKs do.
     async fn authorise(&self, emulator: &ServiceBusEmulator) {
         let resource = format!("sb://127.0.0.1:{}/{TOPIC}", emulator.amqp_port());
-        let token = sas_token(&resource, POLICY_NAME, emulator.policy_key(), in_an_hour());
+        let token = sas_token(&resource, POLICY_NAME, &emulator.policy_key(), in_an_hour());
         self.put_token(audience(emulator), SAS_TYPE, token)
             .await
             .unwrap();
@@ -373,7 +373,12 @@ async fn an_invalid_sas_token_is_answered_401() {
     }
     // A token for another topic does not cover this subscription either.
     let elsewhere = format!("sb://127.0.0.1:{}/other-topic", emulator.amqp_port());
-    let wrong_audience = sas_token(&elsewhere, POLICY_NAME, emulator.policy_key(), in_an_hour());
+    let wrong_audience = sas_token(
+        &elsewhere,
+        POLICY_NAME,
+        &emulator.policy_key(),
+        in_an_hour(),
+    );
     assert!(
         within(client.put_token(audience(&emulator), SAS_TYPE, wrong_audience))
             .await
@@ -583,7 +588,7 @@ async fn a_link_without_authorisation_is_refused_and_an_unknown_subscription_is_
 
     // Authorised for the whole topic, but the subscription does not exist.
     let resource = format!("sb://127.0.0.1:{}/{TOPIC}", emulator.amqp_port());
-    let token = sas_token(&resource, POLICY_NAME, emulator.policy_key(), in_an_hour());
+    let token = sas_token(&resource, POLICY_NAME, &emulator.policy_key(), in_an_hour());
     let topic_audience = format!("sb://127.0.0.1:{}/{TOPIC}", emulator.amqp_port());
     within(client.put_token(topic_audience, SAS_TYPE, token))
         .await

@@ -24,8 +24,9 @@ use crate::names::generate_subscription_name;
 use errors::is_unauthorized;
 use link::{Command, Link, Outcome};
 
-/// After this many unauthorized answers in a row, a connection string from the secret store
-/// is read again (it may have been rotated: this library's own use case).
+/// After this many unauthorized answers in a row the source warns that the connection string
+/// (re-read from the store at every attempt) is still refused: it may have been rotated in
+/// the namespace but not yet in the store.
 const REREAD_AFTER_UNAUTHORIZED: u32 = 3;
 /// After this many, the identity is taken to be refused for good and the job stops.
 const FATAL_AFTER_UNAUTHORIZED: u32 = 8;
@@ -47,9 +48,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 ///   with the message id and lock token, instead of travelling with the message. A delivery
 ///   whose lock (`x-opt-locked-until`) has passed is not completed blindly: the settlement is
 ///   reported lost and the service redelivers it.
-/// - **Auth over time**: `$cbs` tokens are renewed five minutes before they end. After
-///   repeated unauthorized answers a connection string from the secret store is read again;
-///   when refusals persist the job stops with the error.
+/// - **Auth over time**: `$cbs` tokens are renewed five minutes before they end. A connection
+///   string from the secret store is read again at every reconnection, so after a rotation the
+///   refusals the old one meets end as soon as the store holds the new one; a warning is logged
+///   after three refusals in a row, and after eight the job stops with the error.
 /// - **Faults**: a lost connection or detached link makes `receive` report a transient error;
 ///   the next call reconnects (exponential backoff with jitter), re-authorises and re-attaches.
 ///   Deliveries from the old link cannot be settled on the new one; their locks expire and the
@@ -213,7 +215,7 @@ impl ServiceBusSource {
             Authorization::ConnectionStringFromStore { .. }
         );
         if rereads && count == REREAD_AFTER_UNAUTHORIZED {
-            tracing::warn!(count, "Service Bus keeps refusing the connection string; the next attempt reads it from the secret store again");
+            tracing::warn!(count, "Service Bus keeps refusing the connection string read from the secret store; was it rotated in the namespace but not in the store?");
         }
         if count >= FATAL_AFTER_UNAUTHORIZED {
             return SourceError::fatal(format!(

@@ -119,7 +119,7 @@ fn sas_expiry(
     }
     let unix_now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     sas::verify(token, &sr, unix_now, |name| {
-        (name == POLICY_NAME).then(|| shared.policy_key.clone())
+        (name == POLICY_NAME).then(|| shared.policy_key())
     })
     .ok()?;
     Some(Some(UNIX_EPOCH + std::time::Duration::from_secs(se)))

@@ -104,7 +104,7 @@ pub struct ServiceBusEmulator {
 pub(crate) struct Shared {
     pub(crate) management_endpoint: String,
     amqp_port: u16,
-    policy_key: String,
+    policy_key: Mutex<String>,
     bearer_token: String,
     /// Conditions `detach_links_with_error` sends to every entity link.
     link_faults: broadcast::Sender<String>,
@@ -123,6 +123,13 @@ pub(crate) struct State {
 }
 
 impl Shared {
+    pub(crate) fn policy_key(&self) -> String {
+        self.policy_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -134,7 +141,7 @@ impl Shared {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 sas::verify(token, entity, now, |name| {
-                    (name == POLICY_NAME).then(|| self.policy_key.clone())
+                    (name == POLICY_NAME).then(|| self.policy_key())
                 })
                 .is_ok()
             }
@@ -156,7 +163,7 @@ impl ServiceBusEmulator {
         let shared = Arc::new(Shared {
             management_endpoint: format!("http://127.0.0.1:{port}/"),
             amqp_port,
-            policy_key: random_key(),
+            policy_key: Mutex::new(random_key()),
             bearer_token: format!("emulator-token-{}", random_key()),
             link_faults: broadcast::channel(16).0,
             state: Mutex::new(State::default()),
@@ -184,7 +191,8 @@ impl ServiceBusEmulator {
     pub fn connection_string(&self, entity_path: Option<&str>) -> String {
         let mut connection_string = format!(
             "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName={POLICY_NAME};SharedAccessKey={};UseDevelopmentEmulator=true",
-            self.shared.amqp_port, self.shared.policy_key
+            self.shared.amqp_port,
+            self.shared.policy_key()
         );
         if let Some(entity_path) = entity_path {
             connection_string.push_str(";EntityPath=");
@@ -224,8 +232,21 @@ impl ServiceBusEmulator {
     }
 
     /// The key of the [`POLICY_NAME`] policy.
-    pub fn policy_key(&self) -> &str {
-        &self.shared.policy_key
+    pub fn policy_key(&self) -> String {
+        self.shared.policy_key()
+    }
+
+    /// Regenerates the [`POLICY_NAME`] policy's key, as an operator rotating it would: tokens
+    /// signed with the old key are refused from now on (links already authorised keep working
+    /// until their token expires, as on the service). Returns the new key.
+    pub fn rotate_policy_key(&self) -> String {
+        let key = random_key();
+        *self
+            .shared
+            .policy_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = key.clone();
+        key
     }
 
     /// The bearer token the emulator accepts (give it to a fake credential).
