@@ -55,8 +55,8 @@ pub fn spawn_job_with_connection_string<I: Invalidator + 'static>(
 }
 
 /// Starts the job on Service Bus with a connection string read from `store` under
-/// `secret_key` (the topic from its `EntityPath`), read again if the service keeps refusing
-/// it after a rotation. Needs Manage rights in the policy to manage the subscription.
+/// `secret_key` (the topic from its `EntityPath`), read again at every reconnection so a
+/// rotated one is picked up. Needs Manage rights in the policy to manage the subscription.
 pub fn spawn_job_with_connection_string_from_store<I: Invalidator + 'static>(
     store: impl SecretProvider + 'static,
     secret_key: &str,

@@ -113,6 +113,13 @@ impl DeliveryToken {
         DeliveryToken(Box::new(handle))
     }
 
+    /// Takes the handle back out for a source's `settle`; a token of another type came from
+    /// another source, which is a fatal mistake of the caller.
+    pub fn into_handle<T: Any>(self) -> Result<T, SourceError> {
+        self.downcast()
+            .map_err(|_| SourceError::fatal("the token was issued by another source"))
+    }
+
     /// Takes the handle back out; gives the token back if it holds another type (it came from
     /// another source).
     pub fn downcast<T: Any>(self) -> Result<T, DeliveryToken> {

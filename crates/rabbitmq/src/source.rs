@@ -380,9 +380,7 @@ impl EventSource for RabbitMqSource {
         token: DeliveryToken,
         settlement: Settlement,
     ) -> Result<(), SourceError> {
-        let token = token
-            .downcast::<Token>()
-            .map_err(|_| SourceError::fatal("the token was issued by another source"))?;
+        let token = token.into_handle::<Token>()?;
         let link = lock(&self.inner.link).clone();
         let link = match link {
             Some(link) if link.generation == token.generation => link,

@@ -48,6 +48,18 @@ fn short_lock() -> keyvault_invalidator_servicebus::SubscriptionProperties {
     }
 }
 
+/// The original's connection-string registration: the string in the secret store.
+fn store_config(emulator: &ServiceBusEmulator, store: &InMemoryVault) -> ServiceBusConfig {
+    ServiceBusConfig::connection_string_from_store(
+        store.clone(),
+        "ServiceBus--ConnectionString",
+        "app",
+    )
+    .unwrap()
+    .management_endpoint(emulator.management_endpoint())
+    .unwrap()
+}
+
 struct Emulated {
     emulator: ServiceBusEmulator,
 }
@@ -229,14 +241,7 @@ async fn end_to_end_with_a_connection_string_from_the_secret_store() {
         "ServiceBus--ConnectionString",
         &emulator.connection_string(Some(&topic)),
     );
-    let config = ServiceBusConfig::connection_string_from_store(
-        store.clone(),
-        "ServiceBus--ConnectionString",
-        "app",
-    )
-    .unwrap()
-    .management_endpoint(emulator.management_endpoint())
-    .unwrap();
+    let config = store_config(&emulator, &store);
     run_end_to_end(&emulator, &topic, config).await;
     assert_eq!(store.calls("ServiceBus--ConnectionString"), 1);
 }
@@ -429,16 +434,9 @@ async fn a_rotated_connection_string_is_read_again_from_the_store() {
         "ServiceBus--ConnectionString",
         &emulator.connection_string(Some(&topic)),
     );
-    let config = ServiceBusConfig::connection_string_from_store(
-        store.clone(),
-        "ServiceBus--ConnectionString",
-        "app",
-    )
-    .unwrap()
-    .management_endpoint(emulator.management_endpoint())
-    .unwrap()
-    .subscription_properties(short_lock())
-    .unwrap();
+    let config = store_config(&emulator, &store)
+        .subscription_properties(short_lock())
+        .unwrap();
     let cache = RecordingCache::new();
     let (_source, handle) = job_over(config, cache.clone()).await;
     assert!(emulator.publish_as_event_grid(&topic, &event("before", "abc").event_grid_bytes()));

@@ -241,8 +241,8 @@ impl EventSource for InMemoryEventSource {
         token: DeliveryToken,
         settlement: Settlement,
     ) -> Result<(), SourceError> {
-        let lock = match token.downcast::<Lock>() {
-            Ok(lock) if lock.source == self.shared.id => lock.lock,
+        let lock = match token.into_handle::<Lock>()? {
+            lock if lock.source == self.shared.id => lock.lock,
             _ => return Err(SourceError::fatal("the token was issued by another source")),
         };
         let mut state = self.shared.lock();

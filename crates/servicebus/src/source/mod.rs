@@ -353,9 +353,7 @@ impl EventSource for ServiceBusSource {
         token: DeliveryToken,
         settlement: Settlement,
     ) -> Result<(), SourceError> {
-        let token = token
-            .downcast::<Token>()
-            .map_err(|_| SourceError::fatal("the token was issued by another source"))?;
+        let token = token.into_handle::<Token>()?;
         let commands = lock(&self.inner.commands).clone();
         let commands = match commands {
             Some((generation, commands)) if generation == token.generation => commands,
