@@ -78,6 +78,7 @@ pub struct ServiceBusConfig {
     prefetch: u32,
     management_endpoint: Option<String>,
     amqp_endpoint: Option<String>,
+    sas_token_lifetime: std::time::Duration,
 }
 
 impl ServiceBusConfig {
@@ -118,6 +119,7 @@ impl ServiceBusConfig {
             prefetch: DEFAULT_PREFETCH,
             management_endpoint: None,
             amqp_endpoint: None,
+            sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
         })
     }
 
@@ -138,6 +140,7 @@ impl ServiceBusConfig {
             prefetch: DEFAULT_PREFETCH,
             management_endpoint: None,
             amqp_endpoint: None,
+            sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
         })
     }
 
@@ -162,6 +165,7 @@ impl ServiceBusConfig {
             prefetch: DEFAULT_PREFETCH,
             management_endpoint: None,
             amqp_endpoint: None,
+            sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
         })
     }
 
@@ -238,6 +242,28 @@ impl ServiceBusConfig {
         self.amqp_endpoint.as_deref()
     }
 
+    /// How long the SAS tokens signed for `$cbs` are valid (default 1 hour, at least 10
+    /// seconds). They are renewed before they end: five minutes before, or halfway through a
+    /// shorter lifetime.
+    pub fn sas_token_lifetime(
+        mut self,
+        lifetime: std::time::Duration,
+    ) -> Result<Self, ConfigError> {
+        if lifetime < std::time::Duration::from_secs(10) {
+            return Err(ConfigError::new(
+                "sas token lifetime",
+                "must be at least 10 seconds",
+            ));
+        }
+        self.sas_token_lifetime = lifetime;
+        Ok(self)
+    }
+
+    /// The lifetime of the SAS tokens the source signs.
+    pub fn sas_token_lifetime_value(&self) -> std::time::Duration {
+        self.sas_token_lifetime
+    }
+
     /// The management endpoint override, if any.
     pub fn management_endpoint_override(&self) -> Option<&str> {
         self.management_endpoint.as_deref()
@@ -269,6 +295,9 @@ impl ServiceBusConfig {
         self.prefetch
     }
 }
+
+/// How long the SAS tokens the source signs for `$cbs` are valid, by default.
+pub const DEFAULT_SAS_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Small: a prefetched message's lock runs while it waits.
 const DEFAULT_PREFETCH: u32 = 4;

@@ -283,6 +283,9 @@ async fn no_event_is_lost_when_the_connection_drops_mid_stream_or_a_token_is_ref
             emulator.reject_next_put_token();
             emulator.drop_connections();
         }
+        if n == 20 {
+            emulator.detach_links_with_error("com.microsoft:server-busy");
+        }
         assert!(emulator.publish_as_event_grid(&topic, &event(name, "abc").event_grid_bytes()));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -302,7 +305,49 @@ async fn no_event_is_lost_when_the_connection_drops_mid_stream_or_a_token_is_ref
         "lost: none"
     );
     let stats = handle.stats();
-    assert!(stats.receive_errors >= 1, "the drop was noticed: {stats:?}");
+    assert!(
+        stats.receive_errors >= 2,
+        "the drop and the detach were noticed: {stats:?}"
+    );
+    let subscription = emulator.subscriptions(&topic).remove(0);
+    let settlements = emulator.settlements(&topic, &subscription);
+    let tokens: BTreeSet<&str> = settlements.iter().map(|s| s.lock_token.as_str()).collect();
+    assert_eq!(
+        tokens.len(),
+        settlements.len(),
+        "no delivery was settled twice"
+    );
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sas_tokens_are_renewed_before_they_end() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("renewal");
+    emulator.create_topic(&topic);
+    let config = connection_string_config(&emulator, &topic)
+        .sas_token_lifetime(Duration::from_secs(10))
+        .unwrap();
+    let cache = RecordingCache::new();
+    let (_source, handle) = job_over(config, cache.clone()).await;
+
+    // A 10 s token is renewed halfway: within 12 s at least two more put-tokens.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let puts = emulator.cbs_requests();
+    assert!(puts.len() >= 3, "{puts:?}");
+    assert!(puts.iter().all(|p| p.status == 202), "{puts:?}");
+    assert!(
+        emulator.publish_as_event_grid(&topic, &event("after-renewal", "abc").event_grid_bytes())
+    );
+    eventually("an event after the renewals is handled", || {
+        cache.invalidated() == vec!["after-renewal"]
+    })
+    .await;
+    assert_eq!(
+        handle.stats().receive_errors,
+        0,
+        "renewal did not disturb the link"
+    );
     handle.shutdown().await.unwrap();
 }
 

@@ -181,10 +181,12 @@ async fn renew(
     stop: CancellationToken,
 ) {
     loop {
-        let wait = expires_at
+        let remaining = expires_at
             .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            .saturating_sub(RENEW_BEFORE)
+            .unwrap_or_default();
+        // Five minutes ahead, or halfway through a token shorter than ten minutes.
+        let wait = remaining
+            .saturating_sub(RENEW_BEFORE.min(remaining / 2))
             .max(Duration::from_secs(1));
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -14,8 +14,6 @@ use crate::connection_string::{ConnectionString, SharedAccess, AMQPS_PORT};
 use crate::management_client::{ManagementAuth, ManagementClient, SERVICE_BUS_SCOPE};
 use crate::sas::sas_token;
 
-/// The lifetime of the SAS tokens put on the `$cbs` node; they are renewed before they end.
-const SAS_LIFETIME: Duration = Duration::from_secs(3600);
 /// The real emulator's management port, used for emulator connection strings without an
 /// explicit management endpoint.
 const EMULATOR_MANAGEMENT_PORT: u16 = 5300;
@@ -33,7 +31,8 @@ pub(crate) struct Target {
 /// How tokens for the `$cbs` node are made.
 #[derive(Clone)]
 pub(crate) enum Access {
-    SharedAccess(SharedAccess),
+    /// Signs (or presents) SAS tokens; signed ones live `lifetime`.
+    SharedAccess(SharedAccess, Duration),
     Credential(Arc<dyn TokenCredential>),
 }
 
@@ -47,8 +46,8 @@ pub(crate) struct CbsToken {
 impl Access {
     pub(crate) async fn token(&self, audience: &str) -> Result<CbsToken, SourceError> {
         match self {
-            Access::SharedAccess(SharedAccess::Key { name, key }) => {
-                let expires_at = SystemTime::now() + SAS_LIFETIME;
+            Access::SharedAccess(SharedAccess::Key { name, key }, lifetime) => {
+                let expires_at = SystemTime::now() + *lifetime;
                 let expiry = expires_at
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -58,11 +57,11 @@ impl Access {
                     expires_at,
                 })
             }
-            Access::SharedAccess(SharedAccess::Signature(signature)) => Ok(CbsToken {
+            Access::SharedAccess(SharedAccess::Signature(signature), lifetime) => Ok(CbsToken {
                 token_type: "servicebus.windows.net:sastoken",
                 token: signature.clone(),
                 expires_at: signature_expiry(signature.expose_secret())
-                    .unwrap_or_else(|| SystemTime::now() + SAS_LIFETIME),
+                    .unwrap_or_else(|| SystemTime::now() + *lifetime),
             }),
             Access::Credential(credential) => {
                 let token = credential
@@ -165,7 +164,7 @@ pub(crate) async fn resolve(
         None => format!("https://{}/", endpoint.host),
     };
     let management_auth = match &access {
-        Access::SharedAccess(shared) => ManagementAuth::SharedAccess(shared.clone()),
+        Access::SharedAccess(shared, _) => ManagementAuth::SharedAccess(shared.clone()),
         Access::Credential(credential) => ManagementAuth::Credential(credential.clone()),
     };
     let base = endpoint.base();
@@ -220,7 +219,10 @@ fn from_connection_string(
     let topic = config.topic_name().or(cs.entity_path()).map(str::to_owned);
     (
         endpoint,
-        Access::SharedAccess(cs.shared_access().clone()),
+        Access::SharedAccess(
+            cs.shared_access().clone(),
+            config.sas_token_lifetime_value(),
+        ),
         topic,
     )
 }
