@@ -9,7 +9,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use keyvault_invalidator_core::{
-    Bytes, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
+    Bytes, ConnectSlot, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -66,20 +66,11 @@ struct Inner {
     /// The live connection, for settlements; replaced on reconnection.
     link: Mutex<Option<Link>>,
     /// The consumer stream, only ever read by `receive`, and the connection attempt under way.
-    consumer: tokio::sync::Mutex<ConsumerSlot>,
+    consumer: tokio::sync::Mutex<ConnectSlot<Consumer>>,
     generation: AtomicU64,
     closed: AtomicBool,
     failures: AtomicU32,
     outage_since: Mutex<Option<Instant>>,
-}
-
-#[derive(Default)]
-struct ConsumerSlot {
-    consumer: Option<Consumer>,
-    /// Connecting runs in its own task, so a `receive` dropped half-way (the job does that at
-    /// shutdown) neither leaves a half-open consumer holding prefetched messages nor starts over:
-    /// the next `receive` awaits the same attempt.
-    opening: Option<tokio::task::JoinHandle<Result<Consumer, SourceError>>>,
 }
 
 #[derive(Clone)]
@@ -113,7 +104,7 @@ impl RabbitMqSource {
                 config,
                 queue,
                 link: Mutex::new(None),
-                consumer: tokio::sync::Mutex::new(ConsumerSlot::default()),
+                consumer: tokio::sync::Mutex::new(ConnectSlot::new()),
                 generation: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
@@ -141,27 +132,18 @@ impl RabbitMqSource {
 
     async fn ensure_consumer<'a>(
         &self,
-        slot: &'a mut ConsumerSlot,
+        slot: &'a mut ConnectSlot<Consumer>,
     ) -> Result<&'a mut Consumer, SourceError> {
-        if slot.consumer.is_none() {
-            let this = self.clone();
-            let opening = slot
-                .opening
-                .get_or_insert_with(|| tokio::spawn(async move { this.open().await }));
-            let opened = opening.await;
-            slot.opening = None;
-            let consumer = opened.map_err(|e| {
-                SourceError::transient(format!("the connection task failed: {e}"))
-            })??;
-            if self.inner.closed.load(Ordering::SeqCst) {
-                // Closed while connecting: release what the attempt opened.
-                drop(consumer);
-                let _ = EventSource::close(self).await;
-                return Err(SourceError::closed());
-            }
-            slot.consumer = Some(consumer);
+        let this = self.clone();
+        slot.get_or_open(|| async move { this.open().await })
+            .await?;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // Closed while connecting: release what the attempt opened.
+            drop(slot.take());
+            let _ = EventSource::close(self).await;
+            return Err(SourceError::closed());
         }
-        Ok(slot.consumer.as_mut().expect("set above"))
+        Ok(slot.current().expect("opened above"))
     }
 
     async fn open(&self) -> Result<Consumer, SourceError> {
@@ -247,8 +229,8 @@ impl RabbitMqSource {
         }
     }
 
-    fn lost(&self, slot: &mut ConsumerSlot, why: &str) -> SourceError {
-        slot.consumer = None;
+    fn lost(&self, slot: &mut ConnectSlot<Consumer>, why: &str) -> SourceError {
+        slot.take();
         *lock(&self.inner.link) = None;
         if self.inner.closed.load(Ordering::SeqCst) {
             return SourceError::closed();
@@ -366,7 +348,7 @@ impl EventSource for RabbitMqSource {
                 Some(Some(Ok(delivery))) => batch.push(self.delivery(generation, delivery)),
                 Some(Some(Err(_)) | None) => {
                     // Hand over what arrived; the next receive sees the loss and reconnects.
-                    slot.consumer = None;
+                    slot.take();
                     break;
                 }
                 None => break,

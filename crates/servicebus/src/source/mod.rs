@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use azure_core_amqp::message::{AmqpAnnotationKey, AmqpMessageBody, AmqpMessageId};
 use azure_core_amqp::{AmqpDelivery, AmqpDeliveryApis, AmqpSimpleValue, AmqpValue};
 use keyvault_invalidator_core::{
-    Backoff, Bytes, Delivery, DeliveryToken, EventSource, Settlement, SourceError, SourceErrorKind,
+    Backoff, Bytes, ConnectSlot, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
+    SourceErrorKind,
 };
 use tokio::sync::oneshot;
 
@@ -65,7 +66,7 @@ struct Inner {
     config: ServiceBusConfig,
     subscription: String,
     created: AtomicBool,
-    link: tokio::sync::Mutex<LinkSlot>,
+    link: tokio::sync::Mutex<ConnectSlot<Link>>,
     /// The command channel of the live link, for settlements.
     commands: Mutex<Option<(u64, tokio::sync::mpsc::Sender<Command>)>>,
     generation: AtomicU64,
@@ -74,14 +75,6 @@ struct Inner {
     unauthorized: AtomicU32,
     backoff: Backoff,
     management: Mutex<Option<(crate::ManagementClient, String)>>,
-}
-
-#[derive(Default)]
-struct LinkSlot {
-    link: Option<Link>,
-    /// Connecting runs in its own task so a `receive` dropped half-way does not leave a
-    /// half-open receiver holding prefetched locks; the next `receive` awaits the same attempt.
-    opening: Option<tokio::task::JoinHandle<Result<Link, SourceError>>>,
 }
 
 /// What settles one delivery.
@@ -110,7 +103,7 @@ impl ServiceBusSource {
                 config,
                 subscription,
                 created: AtomicBool::new(false),
-                link: tokio::sync::Mutex::new(LinkSlot::default()),
+                link: tokio::sync::Mutex::new(ConnectSlot::new()),
                 commands: Mutex::new(None),
                 generation: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
@@ -134,24 +127,21 @@ impl ServiceBusSource {
         self.ensure_link(&mut slot).await.map(|_| ())
     }
 
-    async fn ensure_link<'a>(&self, slot: &'a mut LinkSlot) -> Result<&'a mut Link, SourceError> {
-        if slot.link.is_none() {
-            let this = self.clone();
-            let opening = slot
-                .opening
-                .get_or_insert_with(|| tokio::spawn(async move { this.open().await }));
-            let opened = opening.await;
-            slot.opening = None;
-            let link = opened.map_err(|e| {
-                SourceError::transient(format!("the connection task failed: {e}"))
-            })??;
-            if self.inner.closed.load(Ordering::SeqCst) {
+    async fn ensure_link<'a>(
+        &self,
+        slot: &'a mut ConnectSlot<Link>,
+    ) -> Result<&'a mut Link, SourceError> {
+        let this = self.clone();
+        slot.get_or_open(|| async move { this.open().await })
+            .await?;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // Closed while connecting: release what the attempt opened.
+            if let Some(link) = slot.take() {
                 link.close().await;
-                return Err(SourceError::closed());
             }
-            slot.link = Some(link);
+            return Err(SourceError::closed());
         }
-        Ok(slot.link.as_mut().expect("set above"))
+        Ok(slot.current().expect("opened above"))
     }
 
     async fn open(&self) -> Result<Link, SourceError> {
@@ -287,8 +277,8 @@ impl ServiceBusSource {
         }
     }
 
-    fn lost(&self, slot: &mut LinkSlot, error: SourceError) -> SourceError {
-        slot.link = None;
+    fn lost(&self, slot: &mut ConnectSlot<Link>, error: SourceError) -> SourceError {
+        slot.take();
         *lock(&self.inner.commands) = None;
         if self.inner.closed.load(Ordering::SeqCst) {
             return SourceError::closed();
@@ -339,7 +329,7 @@ impl EventSource for ServiceBusSource {
                 Ok(Ok(delivery)) => batch.push(self.delivery(generation, delivery)),
                 Ok(Err(_)) => {
                     // Hand over what arrived; the next receive reconnects.
-                    slot.link = None;
+                    slot.take();
                     break;
                 }
                 Err(_) => break,
@@ -415,7 +405,7 @@ impl EventSource for ServiceBusSource {
         self.inner.closed.store(true, Ordering::SeqCst);
         let link = {
             let mut slot = self.inner.link.lock().await;
-            slot.link.take()
+            slot.take()
         };
         if let Some(link) = link {
             link.close().await;
