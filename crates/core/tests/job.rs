@@ -10,7 +10,7 @@ use keyvault_invalidator_testkit::events::{
     batch, storage_blob_created, subscription_validation, to_bytes,
 };
 use keyvault_invalidator_testkit::{
-    CacheCall, InMemoryEventSource, KeyVaultEventBuilder, RecordingCache,
+    eventually, CacheCall, InMemoryEventSource, KeyVaultEventBuilder, RecordingCache,
 };
 
 const VERSION: &str = "0123456789abcdef0123456789abcdef";
@@ -48,17 +48,6 @@ fn fast(builder: JobBuilder) -> JobBuilder {
             Duration::from_millis(1),
             Duration::from_millis(5),
         ))
-}
-
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let wait = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 #[tokio::test]

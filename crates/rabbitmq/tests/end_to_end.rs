@@ -14,20 +14,11 @@ use keyvault_invalidator_rabbitmq::lapin::options::{QueueBindOptions, QueueDecla
 use keyvault_invalidator_rabbitmq::lapin::types::FieldTable;
 use keyvault_invalidator_rabbitmq::lapin::ExchangeKind;
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
-use keyvault_invalidator_testkit::{InMemoryVault, KeyVaultEventBuilder, RecordingCache};
+use keyvault_invalidator_testkit::{
+    eventually, InMemoryVault, KeyVaultEventBuilder, RecordingCache,
+};
 
 const ROUTING_KEY: &str = "Microsoft.KeyVault.SecretNewVersionCreated";
-
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let wait = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
-}
 
 fn event(name: &str, version: &str) -> KeyVaultEventBuilder {
     KeyVaultEventBuilder::secret_new_version(name)

@@ -12,18 +12,9 @@ use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
 use keyvault_invalidator_testkit::keyvault_standin::FakeTokenCredential;
 use keyvault_invalidator_testkit::servicebus_emulator::ServiceBusEmulator;
-use keyvault_invalidator_testkit::{InMemoryVault, KeyVaultEventBuilder, RecordingCache};
-
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let wait = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
-}
+use keyvault_invalidator_testkit::{
+    eventually, InMemoryVault, KeyVaultEventBuilder, RecordingCache,
+};
 
 fn unique_topic(what: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -21,6 +21,7 @@ pub mod mocks;
 pub mod servicebus_emulator;
 mod source;
 mod vault;
+mod wait;
 
 pub use cache::{CacheCall, RecordingCache};
 pub use events::{KeyVaultEventBuilder, TimeStyle};
@@ -29,3 +30,4 @@ pub use source::{
     WAIT_TIMEOUT,
 };
 pub use vault::InMemoryVault;
+pub use wait::{eventually, EVENTUALLY_TIMEOUT};
