@@ -1,8 +1,9 @@
 //! The cache itself: reads, loads, invalidation, refresh-ahead, stale fallback.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -49,6 +50,10 @@ struct Inner<P> {
     invalidated_at: moka::sync::Cache<String, u64>,
     /// Per-key refresh coordination and failure state, for keys that had a refresh or a failure.
     states: moka::sync::Cache<String, Arc<KeyState>>,
+    /// How many keys hold a failure (`Status::last_error`). While none does, a read skips the
+    /// lookup in `states`: the hit path then costs one moka lookup, not two. A key state evicted
+    /// while failing leaves the count high, which only costs that lookup again.
+    failing_keys: AtomicUsize,
     watchers: Mutex<HashMap<String, watch::Sender<Option<String>>>>,
     counters: Counters,
 }
@@ -91,6 +96,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn cache_key(name: &str) -> String {
     name.to_ascii_lowercase()
+}
+
+/// The key for a read, without allocating when `name` is already lower-case (the common case:
+/// Key Vault names are usually written in lower case).
+fn read_key(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(cache_key(name))
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// moka hands every coalesced reader the same `Arc` of the loader's error; give each its own.
@@ -142,6 +157,7 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
                 epoch: AtomicU64::new(0),
                 invalidated_at,
                 states,
+                failing_keys: AtomicUsize::new(0),
                 watchers: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
             }),
@@ -163,7 +179,7 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
     /// Errors are not cached, but a critical one is returned to every reader until a load
     /// succeeds.
     pub async fn get(&self, name: &str) -> Result<Secret, ProviderError> {
-        let key = cache_key(name);
+        let key = read_key(name);
         if let Some(entry) = self.fresh_entry(&key).await {
             if let Some(answer) = self.answer_while_overdue(&key, name, &entry) {
                 return answer;
@@ -171,22 +187,24 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
             let expired = entry.fetched_at.elapsed() >= self.inner.options.time_to_live;
             match (expired, self.inner.options.mode) {
                 (false, _) => {
-                    bump(&self.inner.counters.hits);
+                    self.inner.counters.hits.bump();
                     return Ok(entry.secret.clone());
                 }
                 (true, RefreshMode::RefreshAhead) => {
                     self.refresh_in_background(&key, name);
-                    bump(&self.inner.counters.hits);
+                    self.inner.counters.hits.bump();
                     return Ok(entry.secret.clone());
                 }
                 (true, RefreshMode::Invalidate) => {
                     let due = entry.fetched_at + self.inner.options.time_to_live;
-                    self.retire(&key, Some(entry), due).await;
+                    Box::pin(self.retire(&key, Some(entry), due)).await;
                 }
             }
         }
         bump(&self.inner.counters.misses);
-        self.load_or_fall_back(&key, name).await
+        // Boxed so that the future of a hit stays small: inline, the load's state machine made
+        // every `get` future several times larger, and moving it cost more than the lookup.
+        Box::pin(self.load_or_fall_back(&key, name)).await
     }
 
     /// Reads `name` from the provider, bypassing the cache, and stores the result.
@@ -272,6 +290,11 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
     }
 
     fn is_fresh(&self, key: &str, entry: &Entry) -> bool {
+        // Nothing was invalidated since this entry's load started: it cannot be overtaken, and
+        // the hit path skips the lookup below.
+        if entry.loaded_at_epoch >= self.inner.epoch.load(Ordering::SeqCst) {
+            return true;
+        }
         let invalidated_at = self.inner.invalidated_at.get(key).unwrap_or(0);
         entry.loaded_at_epoch >= invalidated_at
     }
@@ -288,6 +311,9 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         name: &str,
         entry: &Entry,
     ) -> Option<Result<Secret, ProviderError>> {
+        if self.inner.failing_keys.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
         let state = self.inner.states.get(key)?;
         let status = lock(&state.status);
         let since = status.overdue_since?;
@@ -426,6 +452,9 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
     fn loaded(&self, key: &str, entry: &Entry) {
         if let Some(state) = self.inner.states.get(key) {
             let mut status = lock(&state.status);
+            if status.last_error.is_some() {
+                self.inner.failing_keys.fetch_sub(1, Ordering::SeqCst);
+            }
             *status = Status::default();
         }
         let version = entry.secret.version().map(str::to_owned);
@@ -454,7 +483,9 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         let now = Instant::now();
         status.retry_at = Some(now + wait);
         status.overdue_since.get_or_insert(now);
-        status.last_error = Some(error.clone());
+        if status.last_error.replace(error.clone()).is_none() {
+            self.inner.failing_keys.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Drops the cached value of `key`: the next read loads it, falling back on the dropped

@@ -44,6 +44,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // Small AMQP frames (a transfer, a disposition, a flow) must not wait for the peer's
+        // delayed ACK: with Nagle's algorithm on, a prefetch of 4 ran at ~200 messages/s.
+        let _ = tcp.set_nodelay(true);
         // The socket is relayed to the AMQP engine through an in-memory pipe, so that
         // `drop_connections` can drop the socket at once by aborting the relay.
         let (mut near, far) = tokio::io::duplex(64 * 1024);

@@ -1,0 +1,209 @@
+//! Runs the measurements criterion does not (engine, transports, simulation, memory), then
+//! writes the report. `bench/run` calls it after the criterion benchmarks.
+//!
+//! ```text
+//! kvi-bench [--quick] [--out DIR] [--criterion DIR] [--write FILE]
+//! kvi-bench report [--out DIR] [--criterion DIR] [--write FILE]   # the report only
+//! kvi-bench memory-probe SECRETS                                  # used by the run itself
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use keyvault_invalidator_bench::end_to_end::{self, Sizes};
+use keyvault_invalidator_bench::report::{self, CriterionResults, Measurements};
+use keyvault_invalidator_bench::{memory, simulation};
+
+const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+struct Args {
+    command: String,
+    quick: bool,
+    out: PathBuf,
+    criterion: PathBuf,
+    write: Option<PathBuf>,
+    only: Option<String>,
+    rest: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == section)
+    }
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        command: "run".to_owned(),
+        quick: false,
+        out: PathBuf::from("target/kvi-bench"),
+        criterion: PathBuf::from("target/kvi-bench/criterion"),
+        write: None,
+        only: None,
+        rest: Vec::new(),
+    };
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        let mut value = || given.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--out" => args.out = value()?.into(),
+            "--criterion" => args.criterion = value()?.into(),
+            "--write" => args.write = Some(value()?.into()),
+            "--only" => args.only = Some(value()?),
+            "run" | "report" | "memory-probe" => args.command = arg,
+            other if other.starts_with('-') => return Err(format!("unknown option {other}")),
+            other => args.rest.push(other.to_owned()),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match args() {
+        Ok(args) => args,
+        Err(problem) => {
+            eprintln!("kvi-bench: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match args.command.as_str() {
+        "memory-probe" => memory_probe(&args).await,
+        "report" => write_report(&args),
+        _ => measure(&args).await.and_then(|()| write_report(&args)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("kvi-bench: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn memory_probe(args: &Args) -> Result<(), String> {
+    let secrets = args
+        .rest
+        .first()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let result = memory::probe(secrets)
+        .await
+        .ok_or("cannot read /proc/self/statm")?;
+    println!(
+        "{}",
+        serde_json::to_string(&result).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+async fn measure(args: &Args) -> Result<(), String> {
+    let mut measurements = Measurements::default();
+    let (engine, transports) = if args.quick {
+        (
+            Sizes {
+                rate: 10_000,
+                seconds: 1,
+                burst: 20_000,
+            },
+            Sizes {
+                rate: 1_000,
+                seconds: 1,
+                burst: 2_000,
+            },
+        )
+    } else {
+        (
+            Sizes {
+                rate: 10_000,
+                seconds: 5,
+                burst: 200_000,
+            },
+            Sizes {
+                rate: 1_000,
+                seconds: 10,
+                burst: 20_000,
+            },
+        )
+    };
+
+    if args.wants("engine") {
+        eprintln!("3. engine in process: {engine:?}");
+        measurements
+            .transports
+            .push(end_to_end::in_process(engine).await);
+    }
+
+    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| DEFAULT_RABBITMQ_URL.to_owned());
+    if args.wants("rabbitmq") {
+        eprintln!("4. RabbitMQ: {transports:?}");
+        match end_to_end::rabbitmq(&url, transports).await {
+            Ok(result) => measurements.transports.push(result),
+            Err(why) => measurements.skipped.push(("RabbitMQ".to_owned(), why)),
+        }
+    }
+
+    if args.wants("servicebus") {
+        eprintln!("5. Service Bus emulator: {transports:?}");
+        match end_to_end::servicebus_emulator(transports).await {
+            Ok(result) => measurements.transports.push(result),
+            Err(why) => measurements
+                .skipped
+                .push(("Service Bus emulator".to_owned(), why)),
+        }
+    }
+
+    if args.wants("simulation") {
+        eprintln!("6. staleness simulation");
+        let config = simulation::SimConfig::default();
+        measurements.simulation = simulation::run(&config, &simulation::default_strategies())
+            .map_err(|error| error.to_string())?;
+        measurements.simulation_goals = simulation::check_goals(&measurements.simulation);
+        measurements.simulation_config = Some(config);
+    }
+
+    if args.wants("memory") {
+        eprintln!("7. memory (in a process of its own)");
+        measurements.memory = memory_in_own_process(if args.quick { 10_000 } else { 100_000 });
+    }
+
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(&measurements).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("measurements.json"), json).map_err(|e| e.to_string())
+}
+
+fn memory_in_own_process(secrets: usize) -> Option<memory::MemoryResult> {
+    let output = std::process::Command::new(std::env::current_exe().ok()?)
+        .args(["memory-probe", &secrets.to_string()])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+fn write_report(args: &Args) -> Result<(), String> {
+    let criterion = CriterionResults::new(&args.criterion);
+    let measurements = report::load(&args.out);
+    let commit = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let header = format!(
+        "Run with `bench/run`{} on {date}, commit `{commit}`.\n\nMachine: {}.\n\nMicro benchmarks are criterion medians; every ratio compares two figures measured in the same run. Latencies run from the moment an event was due to be published to the moment the cache changed (an HDR histogram; a publisher that falls behind is charged, not hidden).",
+        if args.quick { " --quick" } else { "" },
+        report::machine()
+    );
+    println!("{}", report::summary_table(&criterion, &measurements));
+    if let Some(path) = &args.write {
+        std::fs::write(path, report::document(&criterion, &measurements, &header))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
