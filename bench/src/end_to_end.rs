@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyvault_invalidator_core::{EventSource, Job, JobHandle, KeyVaultInvalidator, SecretCache};
+use keyvault_invalidator_moka::RefreshMode;
 use keyvault_invalidator_rabbitmq::lapin::options::BasicPublishOptions;
 use keyvault_invalidator_rabbitmq::lapin::{BasicProperties, Connection, ConnectionProperties};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
@@ -121,35 +122,50 @@ where
 }
 
 /// The job on the in-memory source: the engine's own cost (parse, invalidator, cache, settle).
-pub async fn in_process(sizes: Sizes) -> TransportResult {
+/// Latency with the default cache; the most events per second in both cache modes, so the
+/// table shows what a refresh (a provider call and a cache insert per event) adds.
+pub async fn in_process(sizes: Sizes) -> Vec<TransportResult> {
     let source = InMemoryEventSource::new();
     let publisher = source.publisher();
     let latency = latency_run(source, sizes, move |i, body| {
         publisher.publish(format!("m{i}"), body)
     })
     .await;
-    // All events queued before the job starts: the engine alone sets the pace.
+    let mut results = Vec::new();
+    for (mode, transport) in [
+        (RefreshMode::RefreshAhead, "in-process"),
+        (RefreshMode::Invalidate, "in-process, invalidate mode"),
+    ] {
+        results.push(TransportResult {
+            transport: transport.to_owned(),
+            rate: sizes.rate,
+            latency: (mode == RefreshMode::RefreshAhead)
+                .then_some(latency)
+                .flatten(),
+            throughput_events: sizes.burst,
+            throughput_per_second: engine_throughput(sizes.burst, mode).await,
+        });
+    }
+    results
+}
+
+/// All events queued before the job starts, so the engine alone sets the pace.
+async fn engine_throughput(count: usize, mode: RefreshMode) -> f64 {
     let source = InMemoryEventSource::new();
     let publisher = source.publisher();
-    let mut fleet = Fleet::new(sizes.burst).await;
+    let mut fleet = Fleet::with_mode(count, mode).await;
     for (i, body) in std::mem::take(&mut fleet.events).into_iter().enumerate() {
         publisher.publish(format!("m{i}"), body);
     }
     let started = Instant::now();
     let handle = job(source, fleet.cache.clone());
-    let all_arrived = fleet.cache.wait_for(sizes.burst, RUN_TIMEOUT).await;
+    let all_arrived = fleet.cache.wait_for(count, RUN_TIMEOUT).await;
     let elapsed = started.elapsed();
     let _ = handle.shutdown().await;
-    TransportResult {
-        transport: "in-process".to_owned(),
-        rate: sizes.rate,
-        latency,
-        throughput_events: sizes.burst,
-        throughput_per_second: if all_arrived {
-            per_second(sizes.burst, elapsed)
-        } else {
-            0.0
-        },
+    if all_arrived {
+        per_second(count, elapsed)
+    } else {
+        0.0
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use keyvault_invalidator_core::{Job, KeyVaultInvalidator};
-use keyvault_invalidator_moka::CachedSecretProvider;
+use keyvault_invalidator_moka::{CacheOptions, CachedSecretProvider};
 use keyvault_invalidator_testkit::{InMemoryEventSource, InMemoryVault};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,11 @@ pub async fn probe(secrets: usize) -> Option<MemoryResult> {
     let baseline = resident_kib()?;
 
     let vault = InMemoryVault::new();
-    let cache = CachedSecretProvider::new(vault.clone());
+    let options = CacheOptions {
+        max_capacity: secrets as u64,
+        ..CacheOptions::default()
+    };
+    let cache = CachedSecretProvider::with_options(vault.clone(), options);
     let source = InMemoryEventSource::new();
     let job = Job::builder(source, KeyVaultInvalidator::new(cache.clone())).spawn();
     settle().await;

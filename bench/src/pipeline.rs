@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
 use keyvault_invalidator_core::{CacheError, NewVersion, SecretCache};
-use keyvault_invalidator_moka::CachedSecretProvider;
+use keyvault_invalidator_moka::{CacheOptions, CachedSecretProvider, RefreshMode};
 use keyvault_invalidator_testkit::{InMemoryVault, KeyVaultEventBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -34,17 +34,28 @@ fn secret_index(name: &str) -> Option<usize> {
 pub struct Fleet {
     /// The vault holding the secrets.
     pub vault: InMemoryVault,
-    /// The cache the job refreshes (refresh-ahead, the default), wrapped to note changes.
+    /// The cache the job changes, wrapped to note when it did.
     pub cache: TimedCache<CachedSecretProvider<InMemoryVault>>,
     /// One Event Grid-schema `SecretNewVersionCreated` body per secret, in index order.
     pub events: Vec<Vec<u8>>,
 }
 
 impl Fleet {
-    /// Builds, warms and rotates `count` secrets.
+    /// Builds, warms and rotates `count` secrets, cached in the default (refresh-ahead) mode.
     pub async fn new(count: usize) -> Fleet {
+        Self::with_mode(count, RefreshMode::RefreshAhead).await
+    }
+
+    /// Builds, warms and rotates `count` secrets, cached in `mode`, in a cache large enough
+    /// to hold them all.
+    pub async fn with_mode(count: usize, mode: RefreshMode) -> Fleet {
         let vault = InMemoryVault::new();
-        let cache = CachedSecretProvider::new(vault.clone());
+        let options = CacheOptions {
+            mode,
+            max_capacity: count as u64,
+            ..CacheOptions::default()
+        };
+        let cache = CachedSecretProvider::with_options(vault.clone(), options);
         let mut events = Vec::with_capacity(count);
         for index in 0..count {
             let name = secret_name(index);

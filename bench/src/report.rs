@@ -212,48 +212,56 @@ fn hit_path_rows(criterion: &CriterionResults, rows: &mut Vec<Row>) {
 /// Goals per transport: latency p99 limit in µs, least events per second.
 fn transport_goals(transport: &str) -> (Option<f64>, Option<f64>) {
     match transport {
-        "in-process" => (Some(100.0), Some(200_000.0)),
+        "in-process" | "in-process, invalidate mode" => (Some(100.0), Some(200_000.0)),
         "RabbitMQ" => (Some(5_000.0), Some(10_000.0)),
         "Service Bus emulator" => (Some(10_000.0), None),
         _ => (None, None),
     }
 }
 
+fn latency_row(name: &str, result: &TransportResult, p99_limit: Option<f64>) -> Row {
+    let goal = p99_limit.map_or(String::new(), |limit| format!("p99 < {}", us(limit)));
+    let Some(latency) = &result.latency else {
+        return Row {
+            verdict: Verdict::Missed,
+            ..not_run(name, &goal, "events were lost")
+        };
+    };
+    Row {
+        measure: format!(
+            "{name}: publish → cache changed at {}",
+            per_second(result.rate as f64)
+        ),
+        ours: format!(
+            "p50 {} · p99 {} · p99.9 {} · max {}",
+            us(latency.p50_us),
+            us(latency.p99_us),
+            us(latency.p999_us),
+            us(latency.max_us)
+        ),
+        baseline: String::new(),
+        ratio: String::new(),
+        goal,
+        verdict: p99_limit.map_or(Verdict::Information, |limit| {
+            Verdict::of(latency.p99_us < limit)
+        }),
+    }
+}
+
 fn transport_rows(measurements: &Measurements, rows: &mut Vec<Row>) {
     let section = |transport: &str| match transport {
         "in-process" => "3. Engine in process",
+        "in-process, invalidate mode" => "3. Engine in process, invalidate mode",
         "RabbitMQ" => "4. Through RabbitMQ",
         _ => "5. Through the Service Bus emulator",
     };
     for result in &measurements.transports {
         let (p99_limit, rate_floor) = transport_goals(&result.transport);
         let name = section(&result.transport);
-        let goal = p99_limit.map_or(String::new(), |limit| format!("p99 < {}", us(limit)));
-        rows.push(match &result.latency {
-            Some(latency) => Row {
-                measure: format!(
-                    "{name}: publish → cache changed at {}",
-                    per_second(result.rate as f64)
-                ),
-                ours: format!(
-                    "p50 {} · p99 {} · p99.9 {} · max {}",
-                    us(latency.p50_us),
-                    us(latency.p99_us),
-                    us(latency.p999_us),
-                    us(latency.max_us)
-                ),
-                baseline: String::new(),
-                ratio: String::new(),
-                goal,
-                verdict: p99_limit.map_or(Verdict::Information, |limit| {
-                    Verdict::of(latency.p99_us < limit)
-                }),
-            },
-            None => Row {
-                verdict: Verdict::Missed,
-                ..not_run(name, &goal, "events were lost")
-            },
-        });
+        // The invalidate-mode run measures throughput only.
+        if !result.transport.contains("invalidate mode") {
+            rows.push(latency_row(name, result, p99_limit));
+        }
         let goal = rate_floor.map_or(String::new(), |floor| format!("≥ {}", per_second(floor)));
         rows.push(Row {
             measure: format!(

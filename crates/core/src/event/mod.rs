@@ -2,8 +2,8 @@
 //!
 //! [`parse_events`] takes a message body and returns the [`Event`]s in it. It reads both
 //! envelopes Event Grid delivers in (its own schema and CloudEvents 1.0 structured JSON, the
-//! latter through `cloudevents-sdk`), a single object or an array with mixed types, and every
-//! quirk real payloads show:
+//! latter as `cloudevents-sdk` reads it, checked against the SDK in the tests), a single object
+//! or an array with mixed types, and every quirk real payloads show:
 //!
 //! - keys matched without regard to case or surrounding spaces (`ObjectName `, `objectName`);
 //! - values trimmed (`" ee05..."`);

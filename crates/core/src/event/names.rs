@@ -109,6 +109,11 @@ pub enum InvalidObjectName {
     },
 }
 
+/// Whether [`ObjectName::new`] would accept `name`, without building one.
+pub(crate) fn is_valid_object_name(name: &str) -> bool {
+    validate(name).is_ok()
+}
+
 /// Checks a vault name: 3-24 ASCII letters, digits and `-`.
 pub(crate) fn is_valid_vault_name(name: &str) -> bool {
     (3..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
