@@ -79,14 +79,14 @@ where
             publish(i, std::mem::take(&mut bodies[i]))
         })
     });
-    driver
+    let published = driver
         .await
         .expect("publisher task")
         .expect("publisher thread");
     let all_arrived = fleet.cache.wait_for(count, RUN_TIMEOUT).await;
     let _ = handle.shutdown().await;
     all_arrived
-        .then(|| latencies(&fleet.cache, start, sizes.rate, count))
+        .then(|| latencies(&fleet.cache, &published, start, sizes.rate))
         .flatten()
 }
 

@@ -239,7 +239,7 @@ fn latency_row(name: &str, result: &TransportResult, p99_limit: Option<f64>) -> 
             us(latency.p999_us),
             us(latency.max_us)
         ),
-        baseline: String::new(),
+        baseline: format!("publisher lag {}", us(latency.publisher_lag_us)),
         ratio: String::new(),
         goal,
         verdict: p99_limit.map_or(Verdict::Information, |limit| {
@@ -477,4 +477,76 @@ pub fn load(dir: &Path) -> Measurements {
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A criterion results directory holding `medians` as `(group, id, nanoseconds)`.
+    fn criterion_with(medians: &[(&str, &str, f64)]) -> (CriterionResults, PathBuf) {
+        let home = std::env::temp_dir().join(format!(
+            "kvi-bench-report-{}-{}",
+            std::process::id(),
+            medians.len()
+        ));
+        for (group, id, median) in medians {
+            let dir = home.join(group).join(id).join("new");
+            std::fs::create_dir_all(&dir).unwrap();
+            let estimates = serde_json::json!({ "median": { "point_estimate": median } });
+            std::fs::write(dir.join("estimates.json"), estimates.to_string()).unwrap();
+        }
+        (CriterionResults::new(&home), home)
+    }
+
+    fn line<'a>(table: &'a str, starts: &str) -> &'a str {
+        table
+            .lines()
+            .find(|line| line.starts_with(starts))
+            .unwrap_or_else(|| panic!("no line starting with {starts:?} in\n{table}"))
+    }
+
+    #[test]
+    fn ratios_are_judged_against_their_goal() {
+        let (criterion, home) = criterion_with(&[
+            ("parse_event_grid", "kvi_parse_events", 3_000.0),
+            ("parse_event_grid", "serde_json_value", 2_000.0),
+            ("parse_cloud_events", "kvi_parse_events", 5_000.0),
+            ("parse_cloud_events", "serde_json_value", 2_000.0),
+        ]);
+        let table = summary_table(&criterion, &Measurements::default());
+        let event_grid = line(&table, "| 1. Parse, Event Grid");
+        assert!(event_grid.contains("| 1.50× |"), "{event_grid}");
+        assert!(event_grid.ends_with("| met |"), "{event_grid}");
+        let cloud_events = line(&table, "| 1. Parse, CloudEvents");
+        assert!(cloud_events.contains("| 2.50× |"), "{cloud_events}");
+        assert!(cloud_events.ends_with("| **missed** |"), "{cloud_events}");
+        let peer = line(
+            &table,
+            "| 2. Cache hit, 1 thread (same process as the peer)",
+        );
+        assert!(peer.ends_with("| not run |"), "{peer}");
+        std::fs::remove_dir_all(home).unwrap();
+    }
+
+    #[test]
+    fn a_lost_event_is_a_missed_goal_not_a_percentile() {
+        let measurements = Measurements {
+            transports: vec![TransportResult {
+                transport: "RabbitMQ".to_owned(),
+                rate: 1_000,
+                latency: None,
+                throughput_events: 10,
+                throughput_per_second: 12_000.0,
+            }],
+            ..Measurements::default()
+        };
+        let table = summary_table(&CriterionResults::new("/nonexistent"), &measurements);
+        let lost = line(&table, "| 4. Through RabbitMQ |");
+        assert!(lost.contains("events were lost"), "{lost}");
+        assert!(lost.ends_with("| **missed** |"), "{lost}");
+        let throughput = line(&table, "| 4. Through RabbitMQ: most events/s");
+        assert!(throughput.contains("| 12k/s |"), "{throughput}");
+        assert!(throughput.ends_with("| met |"), "{throughput}");
+    }
 }

@@ -207,7 +207,7 @@ fn write_report(args: &Args) -> Result<(), String> {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .unwrap_or_default();
     let header = format!(
-        "Run with `bench/run`{} on {date}, commit `{commit}`.\n\nMachine: {}.\n\nMicro benchmarks are criterion medians; every ratio compares two figures measured in the same run. Latencies run from the moment an event was due to be published to the moment the cache changed (an HDR histogram; a publisher that falls behind is charged, not hidden).",
+        "Run with `bench/run`{} on {date}, commit `{commit}`.\n\nMachine: {}.\n\nMicro benchmarks are criterion medians; every ratio compares two figures measured in the same run. Latencies run from the moment an event was handed to the transport to the moment the cache changed, recorded in an HDR histogram; the publisher runs on its own thread at a fixed rate and never waits for the job, and its lag behind the schedule is shown beside the percentiles.",
         if args.quick { " --quick" } else { "" },
         report::machine()
     );
