@@ -104,13 +104,14 @@ pub enum ParseErrorKind {
         /// The JSON kind found instead.
         found: &'static str,
     },
-    /// `specversion` is not a version the CloudEvents SDK reads (1.0, or the older 0.3).
+    /// `specversion` is not a CloudEvents version the parser reads (1.0, or the older 0.3).
     #[error("unsupported CloudEvents `specversion` (expected \"1.0\")")]
     UnsupportedSpecVersion,
-    /// The CloudEvents SDK rejected the envelope.
+    /// The envelope breaks a CloudEvents rule the CloudEvents SDK also enforces, such as an
+    /// attribute of the wrong type, both `data` and `data_base64`, or invalid base64 data.
     #[error("the CloudEvents envelope is invalid ({detail})")]
     InvalidCloudEvent {
-        /// Which part the SDK rejected, in general terms.
+        /// Which rule it breaks, in general terms (never quoting the payload).
         detail: &'static str,
     },
     /// A Key Vault event with no object name in `data.Id`, `data.ObjectName` or `subject`.

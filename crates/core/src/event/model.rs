@@ -144,14 +144,18 @@ impl ObjectType {
         }
     }
 
-    /// The collection segment of an object URL (`secrets`, `keys`, `certificates`).
+    /// The collection segment of an object URL (`secrets`, `keys`, `certificates`), without
+    /// regard to ASCII case. Compared in place: lower-casing into a new string allocated on
+    /// every event.
     pub(crate) fn from_collection(segment: &str) -> Option<Self> {
-        match segment.to_ascii_lowercase().as_str() {
-            "secrets" => Some(ObjectType::Secret),
-            "keys" => Some(ObjectType::Key),
-            "certificates" => Some(ObjectType::Certificate),
-            _ => None,
-        }
+        [
+            ("secrets", ObjectType::Secret),
+            ("keys", ObjectType::Key),
+            ("certificates", ObjectType::Certificate),
+        ]
+        .into_iter()
+        .find(|(collection, _)| segment.eq_ignore_ascii_case(collection))
+        .map(|(_, object_type)| object_type)
     }
 }
 
