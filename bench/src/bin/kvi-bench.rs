@@ -159,7 +159,7 @@ async fn measure(args: &Args) -> Result<(), String> {
     if args.wants("servicebus") {
         eprintln!("5. Service Bus emulator: {servicebus:?}");
         match end_to_end::servicebus_emulator(servicebus).await {
-            Ok(result) => measurements.transports.push(result),
+            Ok(results) => measurements.transports.extend(results),
             Err(why) => measurements
                 .skipped
                 .push(("Service Bus emulator".to_owned(), why)),
