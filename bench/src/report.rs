@@ -468,6 +468,10 @@ pub fn document(criterion: &CriterionResults, measurements: &Measurements, heade
         }
         doc.push('\n');
     }
+    let _ = writeln!(
+        doc,
+        "Where the time goes where a goal is missed (callgrind instruction counts, which do not depend on the machine's load): [`bench/profile.md`](bench/profile.md)."
+    );
     doc
 }
 
