@@ -113,6 +113,12 @@ where
         }
     });
     driver.await.expect("publisher task");
+    rate_when_done(&fleet, handle, count, started).await
+}
+
+/// Waits until all `count` secrets changed, stops the job, and gives the events per second since
+/// `started`; 0 when an event was lost.
+async fn rate_when_done(fleet: &Fleet, handle: JobHandle, count: usize, started: Instant) -> f64 {
     let all_arrived = fleet.cache.wait_for(count, RUN_TIMEOUT).await;
     let elapsed = started.elapsed();
     let _ = handle.shutdown().await;
@@ -162,14 +168,7 @@ async fn engine_throughput(count: usize, mode: RefreshMode) -> f64 {
     }
     let started = Instant::now();
     let handle = job(source, fleet.cache.clone());
-    let all_arrived = fleet.cache.wait_for(count, RUN_TIMEOUT).await;
-    let elapsed = started.elapsed();
-    let _ = handle.shutdown().await;
-    if all_arrived {
-        per_second(count, elapsed)
-    } else {
-        0.0
-    }
+    rate_when_done(&fleet, handle, count, started).await
 }
 
 /// The job on RabbitMQ at `url`; events published with lapin to the source's exchange, as an
