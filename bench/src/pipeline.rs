@@ -33,8 +33,6 @@ fn secret_index(name: &str) -> Option<usize> {
 /// `count` secrets, each cached, then rotated in the vault: the events in [`Fleet::events`]
 /// each make the cache load exactly one new version.
 pub struct Fleet {
-    /// The vault holding the secrets.
-    pub vault: InMemoryVault,
     /// The cache the job changes, wrapped to note when it did.
     pub cache: TimedCache<CachedSecretProvider<InMemoryVault>>,
     /// One Event Grid-schema `SecretNewVersionCreated` body per secret, in index order.
@@ -72,7 +70,6 @@ impl Fleet {
             );
         }
         Fleet {
-            vault,
             cache: TimedCache::new(cache, count),
             events,
         }
@@ -104,11 +101,6 @@ impl<C> TimedCache<C> {
                 changed: AtomicUsize::new(0),
             }),
         }
-    }
-
-    /// The wrapped cache.
-    pub fn inner(&self) -> &C {
-        &self.inner
     }
 
     /// How many distinct secrets changed so far.
