@@ -77,15 +77,49 @@ pub struct DeadLetter {
     pub description: String,
 }
 
-/// Runs every check, each on its own source.
+/// Runs every check, each on its own source. A check that does not finish within
+/// [`CHECK_TIMEOUT`] fails with its name, rather than hanging the test run.
 pub async fn run_all<T: ConformanceTarget>(target: &T) {
-    complete_removes_the_delivery(target).await;
-    abandon_redelivers_with_a_higher_count(target).await;
-    dead_letter_records_the_reason(target).await;
-    batches_never_exceed_the_requested_size(target).await;
-    receive_waits_for_a_publication(target).await;
-    dropped_receive_loses_nothing(target).await;
-    close_stops_receiving(target).await;
+    bounded(
+        "complete_removes_the_delivery",
+        complete_removes_the_delivery(target),
+    )
+    .await;
+    bounded(
+        "abandon_redelivers_with_a_higher_count",
+        abandon_redelivers_with_a_higher_count(target),
+    )
+    .await;
+    bounded(
+        "dead_letter_records_the_reason",
+        dead_letter_records_the_reason(target),
+    )
+    .await;
+    bounded(
+        "batches_never_exceed_the_requested_size",
+        batches_never_exceed_the_requested_size(target),
+    )
+    .await;
+    bounded(
+        "receive_waits_for_a_publication",
+        receive_waits_for_a_publication(target),
+    )
+    .await;
+    bounded(
+        "dropped_receive_loses_nothing",
+        dropped_receive_loses_nothing(target),
+    )
+    .await;
+    bounded("close_stops_receiving", close_stops_receiving(target)).await;
+}
+
+/// How long one check may take in all: its own waits are shorter, so only a hang reaches it.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn bounded(check: &str, run: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(CHECK_TIMEOUT, run).await.is_err() {
+        panic!("conformance check `{check}` did not finish within {CHECK_TIMEOUT:?}: something it awaited never completed");
+    }
 }
 
 fn body(n: usize) -> Vec<u8> {

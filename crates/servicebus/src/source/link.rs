@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::errors::classify;
 use super::target::{Access, Target};
 
+/// The longest closing waits for each AMQP step (`end`, `close`) to be answered.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Renew a `$cbs` token this long before it ends, as the SDKs do.
 const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
 
@@ -130,8 +133,9 @@ impl Link {
         if let Some(pump) = self.pump.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), pump).await;
         }
-        let _ = self.session.end().await;
-        let _ = self.connection.close().await;
+        // A peer that never answers `end` or `close` must not hold the application's shutdown.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.session.end()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close()).await;
     }
 }
 
