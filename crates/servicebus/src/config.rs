@@ -79,6 +79,7 @@ pub struct ServiceBusConfig {
     management_endpoint: Option<String>,
     amqp_endpoint: Option<String>,
     sas_token_lifetime: std::time::Duration,
+    operation_timeout: std::time::Duration,
 }
 
 impl ServiceBusConfig {
@@ -120,6 +121,7 @@ impl ServiceBusConfig {
             management_endpoint: None,
             amqp_endpoint: None,
             sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         })
     }
 
@@ -141,6 +143,7 @@ impl ServiceBusConfig {
             management_endpoint: None,
             amqp_endpoint: None,
             sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         })
     }
 
@@ -166,6 +169,7 @@ impl ServiceBusConfig {
             management_endpoint: None,
             amqp_endpoint: None,
             sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         })
     }
 
@@ -264,6 +268,43 @@ impl ServiceBusConfig {
         self.sas_token_lifetime
     }
 
+    /// The longest one step of connecting (opening the connection, beginning the session,
+    /// attaching a link, a `$cbs` authorisation or renewal) may wait for the service's answer
+    /// (default 60 seconds). A step that gets none fails as a transient error and the source
+    /// reconnects with backoff, instead of waiting forever on a peer or a network that went
+    /// silent.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyvault_invalidator_servicebus::ServiceBusConfig;
+    ///
+    /// let config = ServiceBusConfig::connection_string(
+    ///     "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=a2V5;EntityPath=keyvault-events",
+    ///     "orders-api",
+    /// )?
+    /// .operation_timeout(Duration::from_secs(20))?;
+    /// assert_eq!(config.operation_timeout_value(), Duration::from_secs(20));
+    ///
+    /// let error = config.operation_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(error.argument, "operation timeout");
+    /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+    /// ```
+    pub fn operation_timeout(mut self, timeout: std::time::Duration) -> Result<Self, ConfigError> {
+        if timeout.is_zero() {
+            return Err(ConfigError::new(
+                "operation timeout",
+                "must be longer than zero",
+            ));
+        }
+        self.operation_timeout = timeout;
+        Ok(self)
+    }
+
+    /// How long one step of connecting may wait for an answer.
+    pub fn operation_timeout_value(&self) -> std::time::Duration {
+        self.operation_timeout
+    }
+
     /// The management endpoint override, if any.
     pub fn management_endpoint_override(&self) -> Option<&str> {
         self.management_endpoint.as_deref()
@@ -299,6 +340,10 @@ impl ServiceBusConfig {
 /// How long the SAS tokens the source signs for `$cbs` are valid, by default.
 pub const DEFAULT_SAS_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// How long one step of connecting may wait for the service's answer, by default: far longer
+/// than the service takes, short enough that a silent peer is noticed within a minute.
+pub const DEFAULT_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Small: a prefetched message's lock runs while it waits.
 const DEFAULT_PREFETCH: u32 = 4;
 
@@ -332,6 +377,7 @@ impl fmt::Debug for ServiceBusConfig {
             .field("authorization", &self.authorization)
             .field("subscription", &self.subscription)
             .field("prefetch", &self.prefetch)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }

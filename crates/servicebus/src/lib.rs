@@ -21,7 +21,10 @@ mod names;
 mod sas;
 mod source;
 
-pub use config::{Authorization, ServiceBusConfig, SubscriptionMode, DEFAULT_SAS_TOKEN_LIFETIME};
+pub use config::{
+    Authorization, ServiceBusConfig, SubscriptionMode, DEFAULT_OPERATION_TIMEOUT,
+    DEFAULT_SAS_TOKEN_LIFETIME,
+};
 pub use connection_string::{ConnectionString, SharedAccess, AMQPS_PORT, EMULATOR_AMQP_PORT};
 pub use error::ConfigError;
 pub use management::{

@@ -6,15 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyvault_invalidator_core::secrecy::ExposeSecret;
-use keyvault_invalidator_core::{parse_events, Job, JobHandle, KeyVaultInvalidator, SecretCache};
+use keyvault_invalidator_core::{
+    parse_events, EventSource, Job, JobHandle, KeyVaultInvalidator, SecretCache, Settlement,
+    SourceErrorKind,
+};
 use keyvault_invalidator_moka::CachedSecretProvider;
 use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
 use keyvault_invalidator_testkit::keyvault_standin::FakeTokenCredential;
 use keyvault_invalidator_testkit::servicebus_emulator::ServiceBusEmulator;
 use keyvault_invalidator_testkit::{
-    eventually, InMemoryVault, KeyVaultEventBuilder, RecordingCache,
+    eventually, InMemoryVault, KeyVaultEventBuilder, RecordingCache, EVENTUALLY_TIMEOUT,
 };
+
+/// Waits for one step, at most [`EVENTUALLY_TIMEOUT`].
+async fn within<T>(step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(EVENTUALLY_TIMEOUT, step)
+        .await
+        .expect("the step finished in time")
+}
 
 fn unique_topic(what: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -340,6 +350,46 @@ async fn sas_tokens_are_renewed_before_they_end() {
         "renewal did not disturb the link"
     );
     handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_authorisation_fails_in_time_and_the_next_attempt_connects() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("unanswered");
+    emulator.create_topic(&topic);
+    let config = connection_string_config(&emulator, &topic)
+        .operation_timeout(Duration::from_secs(5))
+        .unwrap();
+    let source = ServiceBusSource::new(config);
+    emulator.leave_put_tokens_unanswered(1);
+
+    let error = within(source.connect()).await.unwrap_err();
+    assert_eq!(error.kind, SourceErrorKind::Transient);
+    assert_eq!(
+        error.message,
+        "authorising on $cbs: Service Bus did not answer within 5s"
+    );
+    assert_eq!(emulator.unanswered_put_tokens(), 1);
+    assert_eq!(emulator.cbs_requests(), vec![]);
+
+    // The subscription was created before the authorisation; the next attempt connects anew.
+    assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "abc").event_grid_bytes()));
+    let batch = within(source.receive(10)).await.unwrap();
+    let events: Vec<String> = batch
+        .iter()
+        .flat_map(|delivery| parse_events(&delivery.body).unwrap())
+        .filter_map(|event| Some(event.as_key_vault()?.name.as_str().to_owned()))
+        .collect();
+    assert_eq!(events, vec!["db-password"]);
+    let statuses: Vec<u16> = emulator.cbs_requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![202]);
+    for delivery in batch {
+        within(source.settle(delivery.token, Settlement::Complete))
+            .await
+            .unwrap();
+    }
+    within(source.close()).await.unwrap();
+    assert_eq!(emulator.unanswered_put_tokens(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

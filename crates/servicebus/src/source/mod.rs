@@ -55,6 +55,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 ///   after three refusals in a row, and after eight the job stops with the error.
 /// - **Faults**: a lost connection or detached link makes `receive` report a transient error;
 ///   the next call reconnects (exponential backoff with jitter), re-authorises and re-attaches.
+///   Every step of connecting waits at most the
+///   [operation timeout](ServiceBusConfig::operation_timeout), so a silent peer is a transient
+///   error too, never a hang. The connection runs on a thread of its own (see `link.rs` for
+///   the `fe2o3-amqp` race this avoids).
 ///   Deliveries from the old link cannot be settled on the new one; their locks expire and the
 ///   service redelivers them. A missing topic or subscription is fatal.
 #[derive(Clone)]
@@ -188,6 +192,7 @@ impl ServiceBusSource {
             &name,
             &inner.subscription,
             inner.config.prefetch_count(),
+            inner.config.operation_timeout_value(),
         )
         .await?;
         *lock(&inner.commands) = Some((generation, link.commands.clone()));

@@ -20,7 +20,7 @@ use fe2o3_amqp::{Receiver, Sender};
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::cbs::{self, Grants};
@@ -30,11 +30,52 @@ use super::Shared;
 /// The longest a waiting link sleeps without looking at the subscription again.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
-pub(crate) async fn bind() -> std::io::Result<TcpListener> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await
+pub(crate) fn bind() -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// The AMQP engine's own thread. Dropping it stops the engine: every connection task goes
+/// with the thread's runtime.
+pub(crate) struct EngineThread {
+    _stop: oneshot::Sender<()>,
+}
+
+/// Runs the AMQP endpoint on a thread of its own with a single-threaded runtime.
+///
+/// Why one thread: `fe2o3-amqp` 0.14's `Sender` hands a transfer to its session engine and only
+/// then records the delivery as unsettled. On a multi-threaded runtime the session can take
+/// the receiver's disposition for that delivery in between (the sending task preempted right
+/// after the hand-over, on a busy machine), finds nothing to settle and drops it: the outcome
+/// never arrives, the message stays locked for its whole lock duration, and a test waiting
+/// for the redelivery times out. With the link tasks and the session engines on one thread,
+/// nothing runs between the hand-over and the record.
+pub(crate) fn spawn_engine(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+) -> std::io::Result<EngineThread> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("servicebus-emulator-amqp".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                tokio::select! {
+                    () = serve(listener, shared) => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+    Ok(EngineThread { _stop: stop })
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let acceptor = Arc::new(
         ConnectionAcceptor::builder()
             .container_id("keyvault-invalidator-servicebus-emulator")
@@ -208,6 +249,12 @@ async fn cbs_requests(
     replies: mpsc::UnboundedSender<Message<AmqpValue<Value>>>,
 ) {
     while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
+        if string_property(delivery.message(), "operation") == "put-token"
+            && shared.lock().take_put_token_to_leave_unanswered()
+        {
+            // Neither an outcome nor a response: the request is left waiting.
+            continue;
+        }
         // The management client reads the response only after its request is accepted.
         if receiver.accept(&delivery).await.is_err() {
             return;

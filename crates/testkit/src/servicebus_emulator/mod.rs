@@ -41,6 +41,7 @@
 //! Faults can be injected ([`drop_connections`](ServiceBusEmulator::drop_connections),
 //! [`detach_links_with_error`](ServiceBusEmulator::detach_links_with_error),
 //! [`reject_next_put_token`](ServiceBusEmulator::reject_next_put_token),
+//! [`leave_put_tokens_unanswered`](ServiceBusEmulator::leave_put_tokens_unanswered),
 //! [`expire_locks`](ServiceBusEmulator::expire_locks),
 //! [`fail_next_management`](ServiceBusEmulator::fail_next_management)), and what happened
 //! inspected ([`settlements`](ServiceBusEmulator::settlements),
@@ -98,7 +99,8 @@ pub const POLICY_NAME: &str = "RootManageSharedAccessKey";
 /// A running emulator. Dropping it stops it.
 pub struct ServiceBusEmulator {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    management: JoinHandle<()>,
+    _amqp_engine: amqp::EngineThread,
 }
 
 pub(crate) struct Shared {
@@ -118,8 +120,24 @@ pub(crate) struct State {
     pub(crate) management_faults: VecDeque<StatusCode>,
     pub(crate) cbs_requests: Vec<CbsRequest>,
     pub(crate) reject_next_put_token: bool,
+    /// How many of the next `put-token` requests to leave unanswered.
+    pub(crate) put_tokens_to_leave_unanswered: usize,
+    /// How many were left unanswered so far.
+    pub(crate) unanswered_put_tokens: usize,
     /// Each AMQP connection's socket relay and engine task.
     pub(crate) connections: Vec<(AbortHandle, AbortHandle)>,
+}
+
+impl State {
+    /// Whether this `put-token` is one to leave unanswered; counts it if so.
+    pub(crate) fn take_put_token_to_leave_unanswered(&mut self) -> bool {
+        if self.put_tokens_to_leave_unanswered == 0 {
+            return false;
+        }
+        self.put_tokens_to_leave_unanswered -= 1;
+        self.unanswered_put_tokens += 1;
+        true
+    }
 }
 
 impl Shared {
@@ -158,7 +176,7 @@ impl ServiceBusEmulator {
     pub async fn start() -> std::io::Result<Self> {
         let listener = management::bind().await?;
         let port = listener.local_addr()?.port();
-        let amqp_listener = amqp::bind().await?;
+        let amqp_listener = amqp::bind()?;
         let amqp_port = amqp_listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             management_endpoint: format!("http://127.0.0.1:{port}/"),
@@ -168,11 +186,13 @@ impl ServiceBusEmulator {
             link_faults: broadcast::channel(16).0,
             state: Mutex::new(State::default()),
         });
-        let tasks = vec![
-            tokio::spawn(management::serve(listener, shared.clone())),
-            tokio::spawn(amqp::serve(amqp_listener, shared.clone())),
-        ];
-        Ok(ServiceBusEmulator { shared, tasks })
+        let management = tokio::spawn(management::serve(listener, shared.clone()));
+        let amqp_engine = amqp::spawn_engine(amqp_listener, shared.clone())?;
+        Ok(ServiceBusEmulator {
+            shared,
+            management,
+            _amqp_engine: amqp_engine,
+        })
     }
 
     /// The AMQP endpoint's port on 127.0.0.1.
@@ -378,6 +398,18 @@ impl ServiceBusEmulator {
         self.shared.lock().reject_next_put_token = true;
     }
 
+    /// Leaves the next `count` `put-token` requests unanswered: no outcome, no response, as when
+    /// the service stops answering or an outcome is lost on the way. A client that does not
+    /// bound its wait hangs. They are not in [`cbs_requests`](Self::cbs_requests).
+    pub fn leave_put_tokens_unanswered(&self, count: usize) {
+        self.shared.lock().put_tokens_to_leave_unanswered = count;
+    }
+
+    /// How many `put-token` requests were left unanswered so far.
+    pub fn unanswered_put_tokens(&self) -> usize {
+        self.shared.lock().unanswered_put_tokens
+    }
+
     /// Drops every AMQP connection abruptly: the sockets close without an AMQP `close`, as
     /// when the network or a gateway fails. Unsettled deliveries stay locked until their
     /// locks expire.
@@ -432,9 +464,7 @@ impl ServiceBusEmulator {
 
 impl Drop for ServiceBusEmulator {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.management.abort();
         self.drop_connections();
     }
 }
