@@ -297,13 +297,11 @@ fn install_crypto_provider() {
 
 /// Waits at most `timeout` for one step of connecting or renewing.
 ///
-/// Why every step is bounded: `azure_core_amqp` 1.1 bounds none of them, and a step can wait
-/// forever with the connection still healthy. `fe2o3-amqp` 0.14's `Sender` records a request
-/// as unsettled only after handing it to the session, so a `$cbs` put-token whose accepted
-/// outcome comes back in between (the sending task preempted on a busy machine) is never
-/// answered; a peer that stops answering does the same. Unbounded, the source would never
-/// connect and no invalidation would arrive. Bounded, the step fails as transient and the
-/// source reconnects on a fresh connection.
+/// Why: `azure_core_amqp` 1.1 bounds none of them, and with the connection still healthy a
+/// step can wait forever for an answer that never comes: a peer that stops answering, or an
+/// outcome lost on the way (the `fe2o3-amqp` race this module's thread avoids is one such).
+/// Unbounded, the source would never connect and no invalidation would arrive; bounded, the
+/// step fails as transient and the source reconnects on a fresh connection.
 async fn bounded<T>(
     timeout: Duration,
     step: &str,
