@@ -1197,6 +1197,24 @@ mod tests {
         Duration::from_millis(m)
     }
 
+    /// This library in both modes, with no time-to-live: only events cause loads.
+    fn both_modes_without_ttl() -> [StrategySpec; 2] {
+        [
+            StrategySpec::new(
+                "invalidate",
+                Strategy::Invalidate {
+                    safety_ttl: Duration::MAX,
+                },
+            ),
+            StrategySpec::new(
+                "refresh",
+                Strategy::RefreshAhead {
+                    safety_ttl: Duration::MAX,
+                },
+            ),
+        ]
+    }
+
     fn run_ok(config: &SimConfig, strategies: &[StrategySpec]) -> Vec<StrategyResult> {
         match run(config, strategies) {
             Ok(results) => results,
@@ -1342,20 +1360,7 @@ mod tests {
             rotation_times: Some(vec![secs(100), secs(101)]),
             ..hand_config()
         };
-        let strategies = [
-            StrategySpec::new(
-                "invalidate",
-                Strategy::Invalidate {
-                    safety_ttl: Duration::MAX,
-                },
-            ),
-            StrategySpec::new(
-                "refresh",
-                Strategy::RefreshAhead {
-                    safety_ttl: Duration::MAX,
-                },
-            ),
-        ];
+        let strategies = both_modes_without_ttl();
         let results = run_ok(&config, &strategies);
         for r in &results {
             assert_eq!((r.rotations, r.staleness_samples), (2, 2), "{}", r.name);
@@ -1458,20 +1463,7 @@ mod tests {
             duplicate_probability: 0.0,
             ..SimConfig::default()
         };
-        let strategies = [
-            StrategySpec::new(
-                "invalidate",
-                Strategy::Invalidate {
-                    safety_ttl: Duration::MAX,
-                },
-            ),
-            StrategySpec::new(
-                "refresh",
-                Strategy::RefreshAhead {
-                    safety_ttl: Duration::MAX,
-                },
-            ),
-        ];
+        let strategies = both_modes_without_ttl();
         for r in run_ok(&config, &strategies) {
             assert_eq!(r.rotations, 150);
             assert_eq!(r.event_calls_per_rotation_per_instance, 1.0, "{}", r.name);
