@@ -17,8 +17,6 @@ pub mod events;
 #[cfg(feature = "keyvault-standin")]
 pub mod keyvault_standin;
 pub mod mocks;
-#[cfg(feature = "servicebus-emulator")]
-pub mod servicebus_emulator;
 mod source;
 mod vault;
 mod wait;
@@ -31,3 +29,8 @@ pub use source::{
 };
 pub use vault::InMemoryVault;
 pub use wait::{eventually, EVENTUALLY_TIMEOUT};
+
+/// The Service Bus emulator (the `keyvault-invalidator-servicebus-emulator` crate), with the
+/// `servicebus-emulator` feature.
+#[cfg(feature = "servicebus-emulator")]
+pub use keyvault_invalidator_servicebus_emulator as servicebus_emulator;

@@ -61,7 +61,7 @@
 //! call.
 //!
 //! ```
-//! use keyvault_invalidator_testkit::servicebus_emulator::ServiceBusEmulator;
+//! use keyvault_invalidator_servicebus_emulator::ServiceBusEmulator;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
 //! let emulator = ServiceBusEmulator::start().await?;
@@ -70,6 +70,8 @@
 //! assert_eq!(emulator.subscriptions("keyvault-events"), Vec::<String>::new());
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 mod amqp;
 mod cbs;

@@ -1,5 +1,4 @@
 //! The Service Bus emulator's AMQP endpoint, driven by the real `azure_core_amqp` client.
-#![cfg(feature = "servicebus-emulator")]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,7 +16,7 @@ use azure_core_amqp::{
 };
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use keyvault_invalidator_testkit::servicebus_emulator::{
+use keyvault_invalidator_servicebus_emulator::{
     CbsRequest, ServiceBusEmulator, Settlement, SubscriptionSettings, POLICY_NAME,
 };
 use sha2::Sha256;
