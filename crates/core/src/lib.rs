@@ -8,6 +8,7 @@
 //! - [`SecretProvider`]: where secret values come from.
 //! - [`event::parse_events`]: message bytes to typed [`Event`]s.
 //! - [`Job`]: the background job tying a source to an invalidator.
+//! - [`lock`]: keeping a peek-lock while its delivery is in flight, for peek-lock transports.
 //!
 //! # Delivery semantics
 //! - Well-formed events that do not concern the job are completed and counted as ignored.
@@ -26,6 +27,7 @@ pub mod event;
 mod invalidator;
 pub mod job;
 mod keyvault;
+pub mod lock;
 mod provider;
 mod source;
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use azure_core::credentials::TokenCredential;
+use keyvault_invalidator_core::lock::LockRenewal;
 use keyvault_invalidator_core::SecretProvider;
 use keyvault_invalidator_secrets::credential;
 
@@ -80,6 +81,8 @@ pub struct ServiceBusConfig {
     amqp_endpoint: Option<String>,
     sas_token_lifetime: std::time::Duration,
     operation_timeout: std::time::Duration,
+    unauthorized_grace: std::time::Duration,
+    lock_renewal: LockRenewal,
 }
 
 impl ServiceBusConfig {
@@ -122,6 +125,8 @@ impl ServiceBusConfig {
             amqp_endpoint: None,
             sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
+            lock_renewal: LockRenewal::default(),
         })
     }
 
@@ -144,6 +149,8 @@ impl ServiceBusConfig {
             amqp_endpoint: None,
             sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
+            lock_renewal: LockRenewal::default(),
         })
     }
 
@@ -170,6 +177,8 @@ impl ServiceBusConfig {
             amqp_endpoint: None,
             sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
+            lock_renewal: LockRenewal::default(),
         })
     }
 
@@ -209,6 +218,32 @@ impl ServiceBusConfig {
     pub fn prefetch(mut self, prefetch: u32) -> Self {
         self.prefetch = prefetch.max(1);
         self
+    }
+
+    /// How long a delivery's lock is renewed at most while its invalidation runs (default
+    /// 5 minutes, as the .NET processor's `MaxAutoLockRenewalDuration`; zero turns renewal
+    /// off). Renewal stops at settlement; past this the lock runs out and Service Bus
+    /// redelivers the message.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use keyvault_invalidator_servicebus::ServiceBusConfig;
+    /// let config = ServiceBusConfig::connection_string(
+    ///     "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=k;SharedAccessKey=a2V5;UseDevelopmentEmulator=true;EntityPath=t",
+    ///     "app",
+    /// )?
+    /// .max_lock_renewal(Duration::from_secs(600));
+    /// assert_eq!(config.lock_renewal().max_duration(), Duration::from_secs(600));
+    /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+    /// ```
+    pub fn max_lock_renewal(mut self, max: std::time::Duration) -> Self {
+        self.lock_renewal = LockRenewal::new(max);
+        self
+    }
+
+    /// How locks are renewed.
+    pub fn lock_renewal(&self) -> LockRenewal {
+        self.lock_renewal
     }
 
     /// Where the management REST API is, when not `https://{namespace}/` (an emulator's own
@@ -305,6 +340,41 @@ impl ServiceBusConfig {
         self.operation_timeout
     }
 
+    /// How long the management API may refuse (HTTP 401 or 403) to create the per-instance
+    /// subscription before the source gives up (default 5 minutes; zero gives up at the first
+    /// refusal).
+    ///
+    /// A role assignment (Azure Service Bus Data Owner) takes minutes to propagate, so an
+    /// instance deployed together with its assignment is refused at first. During the grace
+    /// the source retries with its reconnect backoff and logs each refusal at warn, with the
+    /// count and the time left; after it, connecting fails with a fatal error that names the
+    /// role needed (Azure Service Bus Data Owner, or a shared access policy with Manage
+    /// rights). The grace starts at the first refusal of a run and ends with any success.
+    /// Only automatic mode manages a subscription, so only it uses this setting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyvault_invalidator_servicebus::{ServiceBusConfig, DEFAULT_UNAUTHORIZED_GRACE};
+    ///
+    /// let config = ServiceBusConfig::connection_string(
+    ///     "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=manage;SharedAccessKey=a2V5;EntityPath=keyvault-events",
+    ///     "orders-api",
+    /// )?;
+    /// assert_eq!(config.unauthorized_grace_value(), DEFAULT_UNAUTHORIZED_GRACE);
+    /// let config = config.unauthorized_grace(Duration::from_secs(60));
+    /// assert_eq!(config.unauthorized_grace_value(), Duration::from_secs(60));
+    /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+    /// ```
+    pub fn unauthorized_grace(mut self, grace: std::time::Duration) -> Self {
+        self.unauthorized_grace = grace;
+        self
+    }
+
+    /// How long management refusals are retried before they are fatal.
+    pub fn unauthorized_grace_value(&self) -> std::time::Duration {
+        self.unauthorized_grace
+    }
+
     /// The management endpoint override, if any.
     pub fn management_endpoint_override(&self) -> Option<&str> {
         self.management_endpoint.as_deref()
@@ -344,6 +414,10 @@ pub const DEFAULT_SAS_TOKEN_LIFETIME: std::time::Duration = std::time::Duration:
 /// than the service takes, short enough that a silent peer is noticed within a minute.
 pub const DEFAULT_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long the management API may refuse to create the subscription (HTTP 401/403) before
+/// the source gives up, by default: long enough for a new role assignment to propagate.
+pub const DEFAULT_UNAUTHORIZED_GRACE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// Small: a prefetched message's lock runs while it waits.
 const DEFAULT_PREFETCH: u32 = 4;
 
@@ -378,6 +452,55 @@ impl fmt::Debug for ServiceBusConfig {
             .field("subscription", &self.subscription)
             .field("prefetch", &self.prefetch)
             .field("operation_timeout", &self.operation_timeout)
+            .field("unauthorized_grace", &self.unauthorized_grace)
+            .field("max_lock_renewal", &self.lock_renewal.max_duration())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const CS: &str = "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=manage;SharedAccessKey=a2V5;EntityPath=keyvault-events";
+
+    #[test]
+    fn the_unauthorized_grace_defaults_to_five_minutes_and_can_be_set_for_every_registration() {
+        let credential: Arc<dyn TokenCredential> = Arc::new(NoCredential);
+        let configs = [
+            ServiceBusConfig::connection_string(CS, "app").unwrap(),
+            ServiceBusConfig::with_credential("t", "app", "my-ns", credential).unwrap(),
+        ];
+        for config in configs {
+            assert_eq!(config.unauthorized_grace_value(), Duration::from_secs(300));
+            let config = config.unauthorized_grace(Duration::from_secs(2));
+            assert_eq!(config.unauthorized_grace_value(), Duration::from_secs(2));
+            assert!(format!("{config:?}").contains("unauthorized_grace: 2s"));
+            assert_eq!(
+                config
+                    .unauthorized_grace(Duration::ZERO)
+                    .unauthorized_grace_value(),
+                Duration::ZERO
+            );
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoCredential;
+
+    #[async_trait::async_trait]
+    impl TokenCredential for NoCredential {
+        async fn get_token(
+            &self,
+            _: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                "not used",
+            ))
+        }
     }
 }

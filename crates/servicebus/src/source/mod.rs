@@ -2,17 +2,19 @@
 
 mod errors;
 mod link;
+mod message;
+mod renew_lock;
 mod target;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use azure_core_amqp::message::{AmqpAnnotationKey, AmqpMessageBody, AmqpMessageId};
-use azure_core_amqp::{AmqpDelivery, AmqpDeliveryApis, AmqpSimpleValue, AmqpValue};
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::types::primitives::Uuid;
+use keyvault_invalidator_core::lock::{HeldLock, LockRenewer};
 use keyvault_invalidator_core::{
     Backoff, Bytes, ConnectSlot, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
     SourceErrorKind,
@@ -20,10 +22,10 @@ use keyvault_invalidator_core::{
 use tokio::sync::oneshot;
 
 use crate::config::{Authorization, ServiceBusConfig, SubscriptionMode};
-use crate::management_client::Creation;
+use crate::management_client::{is_management_error, Creation, SubscriptionUpkeep};
 use crate::names::generate_subscription_name;
 use errors::is_unauthorized;
-use link::{Command, Link, Outcome};
+use link::{AmqpDelivery, Command, Link, Outcome};
 
 /// After this many unauthorized answers in a row the source warns that the connection string
 /// (re-read from the store at every attempt) is still refused: it may have been rotated in
@@ -42,13 +44,20 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 ///   after the receiver is detached. In existing mode the named subscription is used as is.
 /// - **Receiving**: peek-lock with a small prefetch; the delivery count is the message header's
 ///   count of prior deliveries plus one.
-/// - **Settlement** (what `azure_core_amqp` 1.1 can express): complete = Accepted; abandon =
-///   Released (Service Bus unlocks the message and counts the delivery; the 1.1 API has no
-///   Modified); dead-letter = Rejected, which Service Bus dead-letters, but 1.1 cannot attach
-///   the `com.microsoft:dead-letter` error, so the reason and description are logged here,
-///   with the message id and lock token, instead of travelling with the message. A delivery
-///   whose lock (`x-opt-locked-until`) has passed is not completed blindly: the settlement is
-///   reported lost and the service redelivers it.
+/// - **Settlement**, as the official SDKs settle: complete = Accepted; abandon = Modified
+///   (delivery failed, not undeliverable here), which the service counts, so
+///   `MaxDeliveryCount` and the job's `max_attempts` both fire (Released, which the service
+///   does not count, is never sent); dead-letter = Rejected with `com.microsoft:dead-letter`
+///   and `DeadLetterReason` / `DeadLetterErrorDescription` (each cut to 4096 characters), which
+///   the dead-lettered message carries for operators to read.
+/// - **Locks**: each delivery's lock is renewed with `com.microsoft:renew-lock` on the
+///   subscription's `$management` node while the delivery is in flight, from when its
+///   remaining time falls to `min(remaining / 2, 10 s)`, for at most
+///   [`max_lock_renewal`](ServiceBusConfig::max_lock_renewal) (default 5 minutes), stopping at
+///   settlement (see [`keyvault_invalidator_core::lock`]). A settlement whose lock has ended
+///   (or that the service said is lost) is not sent: it is reported
+///   [`SettlementLost`](SourceErrorKind::SettlementLost) and the service redelivers the
+///   message, never a silent success.
 /// - **Auth over time**: `$cbs` tokens are renewed five minutes before they end. A connection
 ///   string from the secret store is read again at every reconnection, so after a rotation the
 ///   refusals the old one meets end as soon as the store holds the new one; a warning is logged
@@ -79,15 +88,68 @@ struct Inner {
     unauthorized: AtomicU32,
     backoff: Backoff,
     management: Mutex<Option<(crate::ManagementClient, String)>>,
+    /// Whether the next attempt must `PUT` the subscription (automatic mode), and the grace
+    /// for refusals. When the receiver's attach finds no such entity in automatic mode,
+    /// `inner.upkeep.subscription_may_be_gone()` makes the next attempt create it again.
+    upkeep: SubscriptionUpkeep,
+    /// No attempt before this: the service's `Retry-After` on the last failure.
+    not_before: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What settles one delivery.
 struct Token {
     generation: u64,
-    delivery: AmqpDelivery,
+    delivery: DeliveryInfo,
+    /// The lock, renewed while the delivery is in flight; `None` when the message named no
+    /// lock token.
+    lock: Option<HeldLock>,
+    /// The lock's end when it cannot be renewed (no lock token).
     locked_until: Option<SystemTime>,
-    lock_token: Option<String>,
-    message_id: Option<String>,
+}
+
+impl Token {
+    /// Whether the service can still take a settlement for this delivery.
+    fn lock_holds(&self) -> bool {
+        match &self.lock {
+            Some(lock) => lock.is_held(),
+            None => self
+                .locked_until
+                .is_none_or(|until| until > SystemTime::now()),
+        }
+    }
+}
+
+/// Renews locks through one link's `$management` node.
+struct LinkLocks {
+    commands: tokio::sync::mpsc::Sender<Command>,
+}
+
+#[async_trait]
+impl LockRenewer for LinkLocks {
+    async fn renew_lock(&self, lock_token: &str) -> Result<SystemTime, SourceError> {
+        let lock_token = parse_lock_token(lock_token).ok_or_else(|| {
+            SourceError::fatal("renewing a lock: the lock token is not a uuid")
+        })?;
+        let (reply, answer) = oneshot::channel();
+        let gone = || SourceError::new(SourceErrorKind::Closed, "the link is gone");
+        self.commands
+            .send(Command::RenewLock { lock_token, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+fn parse_lock_token(text: &str) -> Option<Uuid> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(Uuid::from(bytes))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,6 +164,7 @@ impl ServiceBusSource {
             SubscriptionMode::Automatic { prefix, .. } => generate_subscription_name(prefix),
             SubscriptionMode::Existing { name } => name.clone(),
         };
+        let config_grace = config.unauthorized_grace_value();
         ServiceBusSource {
             inner: Arc::new(Inner {
                 config,
@@ -115,6 +178,8 @@ impl ServiceBusSource {
                 unauthorized: AtomicU32::new(0),
                 backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
                 management: Mutex::new(None),
+                upkeep: SubscriptionUpkeep::new(config_grace),
+                not_before: Mutex::new(None),
             }),
         }
     }
@@ -137,7 +202,8 @@ impl ServiceBusSource {
     ) -> Result<&'a mut Link, SourceError> {
         let this = self.clone();
         slot.get_or_open(|| async move { this.open().await })
-            .await?;
+            .await
+            .map_err(|error| self.vanished(error))?;
         if self.inner.closed.load(Ordering::SeqCst) {
             // Closed while connecting: release what the attempt opened.
             if let Some(link) = slot.take() {
@@ -150,8 +216,17 @@ impl ServiceBusSource {
 
     async fn open(&self) -> Result<Link, SourceError> {
         let failures = self.inner.failures.load(Ordering::SeqCst);
-        if failures > 0 {
-            tokio::time::sleep(self.inner.backoff.delay(failures)).await;
+        let mut delay = if failures > 0 {
+            self.inner.backoff.delay(failures)
+        } else {
+            Duration::ZERO
+        };
+        if let Some(not_before) = lock(&self.inner.not_before).take() {
+            // At least as long as the service asked.
+            delay = delay.max(not_before.saturating_duration_since(tokio::time::Instant::now()));
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         match self.try_open().await {
             Ok(link) => {
@@ -164,6 +239,9 @@ impl ServiceBusSource {
             }
             Err(error) => {
                 self.inner.failures.fetch_add(1, Ordering::SeqCst);
+                if let Some(after) = error.retry_after {
+                    *lock(&self.inner.not_before) = Some(tokio::time::Instant::now() + after);
+                }
                 Err(self.count_unauthorized(error))
             }
         }
@@ -173,15 +251,27 @@ impl ServiceBusSource {
         let inner = &self.inner;
         let target = target::resolve(&inner.config, &inner.subscription).await?;
         if let SubscriptionMode::Automatic { properties, .. } = inner.config.subscription() {
-            if !inner.created.load(Ordering::SeqCst) {
-                let creation = target
-                    .management
-                    .create_subscription(&target.topic, &inner.subscription, properties)
+            if inner.upkeep.needs_put() {
+                let creation = inner
+                    .upkeep
+                    .put(
+                        &target.management,
+                        &target.topic,
+                        &inner.subscription,
+                        properties,
+                    )
                     .await?;
-                if creation == Creation::Created {
-                    inner.created.store(true, Ordering::SeqCst);
-                    tracing::info!(topic = %target.topic, subscription = %inner.subscription, "created the subscription");
-                }
+                // The generated name ends in a random suffix: a 409 is this instance's own
+                // subscription (an earlier PUT whose answer was lost), so it is deleted at
+                // close all the same.
+                let again = inner.created.swap(true, Ordering::SeqCst);
+                tracing::info!(
+                    topic = %target.topic,
+                    subscription = %inner.subscription,
+                    existed = creation == Creation::AlreadyExisted,
+                    again,
+                    "created the subscription"
+                );
             }
         }
         *lock(&inner.management) = Some((target.management.clone(), target.topic.clone()));
@@ -201,7 +291,8 @@ impl ServiceBusSource {
 
     /// Counts refusals; decides when they become fatal.
     fn count_unauthorized(&self, error: SourceError) -> SourceError {
-        if !is_unauthorized(&error) {
+        // Management refusals have their own grace period (see `SubscriptionUpkeep`).
+        if is_management_error(&error) || !is_unauthorized(&error) {
             return error;
         }
         let count = self.inner.unauthorized.fetch_add(1, Ordering::SeqCst) + 1;
@@ -221,64 +312,51 @@ impl ServiceBusSource {
         error
     }
 
-    fn delivery(&self, generation: u64, delivery: AmqpDelivery) -> Delivery {
-        let message = delivery.message();
-        let body = match &message.body {
-            AmqpMessageBody::Binary(sections) => sections.concat(),
-            AmqpMessageBody::Value(AmqpValue::String(text)) => text.clone().into_bytes(),
-            AmqpMessageBody::Value(AmqpValue::Binary(bytes)) => bytes.clone(),
-            // Anything else is not an Event Grid payload; an empty body is dead-lettered as
-            // malformed by the job.
-            _ => Vec::new(),
-        };
-        let prior = message.header.as_ref().map_or(0, |h| h.delivery_count);
-        let annotation = |name: &str| {
-            message
-                .message_annotations
-                .as_ref()
-                .and_then(|a| a.0.get(&AmqpAnnotationKey::Symbol(name.into())))
-        };
-        let locked_until = match annotation("x-opt-locked-until") {
-            Some(AmqpValue::TimeStamp(stamp)) => stamp.0,
-            _ => None,
-        };
-        let lock_token = match annotation("x-opt-lock-token") {
-            Some(AmqpValue::Uuid(uuid)) => Some(uuid.to_string()),
-            _ => None,
-        };
-        let message_id = message
-            .properties
-            .as_ref()
-            .and_then(|p| p.message_id.as_ref())
-            .map(|id| match id {
-                AmqpMessageId::String(s) => s.clone(),
-                AmqpMessageId::Uuid(u) => u.to_string(),
-                AmqpMessageId::Ulong(n) => n.to_string(),
-                AmqpMessageId::Binary(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
-            });
-        let mut properties = BTreeMap::new();
-        if let Some(application) = &message.application_properties {
-            for (key, value) in application.0.iter() {
-                if let Some(text) = simple_text(value) {
-                    properties.insert(key.clone(), text);
-                }
-            }
-        }
-        if let Some(token) = &lock_token {
-            properties.insert("x-opt-lock-token".to_owned(), token.clone());
-        }
+    fn delivery(
+        &self,
+        generation: u64,
+        delivery: AmqpDelivery,
+        renewer: &Arc<LinkLocks>,
+    ) -> Delivery {
+        let received = message::read(delivery.message());
+        let lock = received.lock_token.as_ref().map(|token| {
+            HeldLock::hold(
+                renewer.clone(),
+                message::format_uuid(token),
+                received.locked_until.unwrap_or_else(SystemTime::now),
+                self.inner.config.lock_renewal(),
+            )
+        });
         Delivery {
-            body: Bytes::from(body),
-            properties,
-            message_id: message_id.clone(),
-            delivery_count: prior.saturating_add(1),
+            body: Bytes::from(received.body),
+            properties: received.properties,
+            message_id: received.message_id,
+            delivery_count: received.prior_deliveries.saturating_add(1),
             token: DeliveryToken::new(Token {
                 generation,
-                delivery,
-                locked_until,
-                lock_token,
-                message_id,
+                delivery: DeliveryInfo::from(delivery),
+                lock,
+                locked_until: received.locked_until,
             }),
+        }
+    }
+
+    /// In automatic mode the subscription is this instance's own: when the service says it
+    /// does not exist (`AutoDeleteOnIdle` removed it during an outage), the next attempt
+    /// creates it again, and the error is transient. Otherwise `error` as it is.
+    fn vanished(&self, error: SourceError) -> SourceError {
+        let automatic = matches!(
+            self.inner.config.subscription(),
+            SubscriptionMode::Automatic { .. }
+        );
+        if !automatic || errors::refusal(&error) != errors::Refusal::NotFound {
+            return error;
+        }
+        tracing::warn!(subscription = %self.inner.subscription, "the subscription is gone (removed while idle?); creating it again");
+        self.inner.upkeep.subscription_may_be_gone();
+        SourceError {
+            kind: SourceErrorKind::Transient,
+            ..error
         }
     }
 
@@ -294,21 +372,6 @@ impl ServiceBusSource {
     }
 }
 
-fn simple_text(value: &AmqpSimpleValue) -> Option<String> {
-    Some(match value {
-        AmqpSimpleValue::String(s) => s.clone(),
-        AmqpSimpleValue::Boolean(b) => b.to_string(),
-        AmqpSimpleValue::Int(n) => n.to_string(),
-        AmqpSimpleValue::Long(n) => n.to_string(),
-        AmqpSimpleValue::UInt(n) => n.to_string(),
-        AmqpSimpleValue::ULong(n) => n.to_string(),
-        AmqpSimpleValue::Short(n) => n.to_string(),
-        AmqpSimpleValue::UShort(n) => n.to_string(),
-        AmqpSimpleValue::Uuid(u) => u.to_string(),
-        _ => return None,
-    })
-}
-
 #[async_trait]
 impl EventSource for ServiceBusSource {
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, SourceError> {
@@ -318,20 +381,23 @@ impl EventSource for ServiceBusSource {
         let mut slot = self.inner.link.lock().await;
         let link = self.ensure_link(&mut slot).await?;
         let generation = self.inner.generation.load(Ordering::SeqCst);
+        let renewer = Arc::new(LinkLocks {
+            commands: link.commands.clone(),
+        });
         let first = match link.deliveries.recv().await {
             Some(Ok(delivery)) => delivery,
             Some(Err(error)) => {
-                let error = errors::classify(error, "receiving");
+                let error = self.vanished(error);
                 return Err(self.lost(&mut slot, error));
             }
             None => {
                 return Err(self.lost(&mut slot, SourceError::transient("the receiver stopped")))
             }
         };
-        let mut batch = vec![self.delivery(generation, first)];
+        let mut batch = vec![self.delivery(generation, first, &renewer)];
         while batch.len() < max.max(1) {
             match link.deliveries.try_recv() {
-                Ok(Ok(delivery)) => batch.push(self.delivery(generation, delivery)),
+                Ok(Ok(delivery)) => batch.push(self.delivery(generation, delivery, &renewer)),
                 Ok(Err(_)) => {
                     // Hand over what arrived; the next receive reconnects.
                     slot.take();
@@ -358,37 +424,24 @@ impl EventSource for ServiceBusSource {
                 ))
             }
         };
-        let outcome = match &settlement {
-            Settlement::Complete => {
-                if token
-                    .locked_until
-                    .is_some_and(|until| until <= SystemTime::now())
-                {
-                    return Err(SourceError::settlement_lost(
-                        "the lock expired before completion; Service Bus redelivers the message",
-                    ));
-                }
-                Outcome::Accept
-            }
-            Settlement::Abandon => Outcome::Release,
+        if !token.lock_holds() {
+            return Err(SourceError::settlement_lost(
+                "the lock ended before the settlement; Service Bus redelivers the message",
+            ));
+        }
+        let outcome = match settlement {
+            Settlement::Complete => Outcome::Accept,
+            Settlement::Abandon => Outcome::Abandon,
             Settlement::DeadLetter {
                 reason,
                 description,
-            } => {
-                // azure_core_amqp 1.1 sends Rejected without an error: the reason cannot travel
-                // with the message, so it is recorded here.
-                tracing::warn!(
-                    message_id = token.message_id.as_deref().unwrap_or(""),
-                    lock_token = token.lock_token.as_deref().unwrap_or(""),
-                    %reason,
-                    %description,
-                    "dead-lettering a Service Bus message"
-                );
-                Outcome::Reject
-            }
+            } => Outcome::DeadLetter {
+                reason,
+                description,
+            },
         };
         let (reply, answer) = oneshot::channel();
-        let command = Command {
+        let command = Command::Settle {
             delivery: token.delivery,
             outcome,
             reply,
@@ -396,14 +449,13 @@ impl EventSource for ServiceBusSource {
         let lost =
             || SourceError::settlement_lost("the link closed before the settlement was made");
         commands.send(command).await.map_err(|_| lost())?;
-        match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(SourceError::new(
-                SourceErrorKind::SettlementLost,
-                format!("Service Bus did not take the settlement: {error}"),
-            )),
+        // The lock is kept until the disposition is on its way.
+        let settled = match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
             _ => Err(lost()),
-        }
+        };
+        drop(token.lock);
+        settled
     }
 
     async fn close(&self) -> Result<(), SourceError> {
@@ -428,7 +480,7 @@ impl EventSource for ServiceBusSource {
                     }
                     Err(error) => {
                         tracing::warn!(%error, "could not delete the subscription; AutoDeleteOnIdle will");
-                        return Err(error);
+                        return Err(error.into());
                     }
                 }
             }
