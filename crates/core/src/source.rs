@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -201,6 +202,10 @@ pub struct SourceError {
     /// The transport's own error.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// The least time to wait before trying again, when the service said so (an HTTP
+    /// `Retry-After`, say). Only meaningful for a transient error; `None` when the service
+    /// named no delay, and the caller's own backoff applies.
+    pub retry_after: Option<Duration>,
 }
 
 impl SourceError {
@@ -231,12 +236,28 @@ impl SourceError {
             kind,
             message: message.into(),
             source: None,
+            retry_after: None,
         }
     }
 
     /// Attaches the underlying error.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Records that the service asked for at least `delay` before the next attempt.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyvault_invalidator_core::SourceError;
+    ///
+    /// let error = SourceError::transient("throttled").with_retry_after(Duration::from_secs(2));
+    /// assert_eq!(error.retry_after, Some(Duration::from_secs(2)));
+    /// assert_eq!(SourceError::transient("busy").retry_after, None);
+    /// ```
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
         self
     }
 }

@@ -57,8 +57,8 @@
 //! node (lock renewal, peek, settlement by lock token), link and connection detach when a
 //! token expires (authorisation is checked at attach only), idle timeouts and
 //! `AutoDeleteOnIdle`; the lock token is not the delivery tag (use `x-opt-lock-token`);
-//! the management API's `GET` and listing, and the `Retry-After` of a throttled management
-//! call.
+//! the management API's `GET` and listing (a management fault's `Retry-After` is sent only
+//! when injected with [`fail_management`](ServiceBusEmulator::fail_management)).
 //!
 //! ```
 //! use keyvault_invalidator_servicebus_emulator::ServiceBusEmulator;
@@ -84,12 +84,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::StatusCode;
 use tokio::sync::broadcast;
 use tokio::task::{AbortHandle, JoinHandle};
 
 pub use cbs::CbsRequest;
-pub use management::ManagementRequest;
+pub use management::{ManagementFault, ManagementRequest};
 pub use sas::{verify as verify_sas, SasRejection};
 pub use state::{DeadLetteredMessage, Settlement, StoredMessage, SubscriptionSettings};
 
@@ -119,7 +118,7 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     pub(crate) entities: Entities,
     pub(crate) management_requests: Vec<ManagementRequest>,
-    pub(crate) management_faults: VecDeque<StatusCode>,
+    pub(crate) management_faults: VecDeque<ManagementFault>,
     pub(crate) cbs_requests: Vec<CbsRequest>,
     pub(crate) reject_next_put_token: bool,
     /// How many of the next `put-token` requests to leave unanswered.
@@ -457,10 +456,53 @@ impl ServiceBusEmulator {
         self.shared.lock().management_requests.clone()
     }
 
-    /// Answers the next authorised management request with `status` (503, 429...).
+    /// Answers the next authorised management request with `status` (503, 429...), after any
+    /// faults queued before it.
     pub fn fail_next_management(&self, status: u16) {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        self.shared.lock().management_faults.push_back(status);
+        self.fail_management(ManagementFault::status(status));
+    }
+
+    /// Queues `fault`: authorised management requests (`PUT` or `DELETE`) take the queued
+    /// faults in order, one each, instead of being carried out; they are recorded in
+    /// [`management_requests`](Self::management_requests) with the fault's status. A status
+    /// that is not a valid HTTP status is answered 500.
+    ///
+    /// ```
+    /// use keyvault_invalidator_servicebus_emulator::{ManagementFault, ServiceBusEmulator};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// let emulator = ServiceBusEmulator::start().await?;
+    /// emulator.fail_management(ManagementFault::status(429).retry_after("2"));
+    /// emulator.fail_next_management(503);
+    /// assert_eq!(emulator.pending_management_faults(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn fail_management(&self, fault: ManagementFault) {
+        self.shared.lock().management_faults.push_back(fault);
+    }
+
+    /// How many queued management faults no request has taken yet.
+    pub fn pending_management_faults(&self) -> usize {
+        self.shared.lock().management_faults.len()
+    }
+
+    /// How many management requests with `method` (`"PUT"`, `"DELETE"`) were answered so
+    /// far, faults included.
+    pub fn management_request_count(&self, method: &str) -> usize {
+        self.shared
+            .lock()
+            .management_requests
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method))
+            .count()
+    }
+
+    /// Deletes a subscription behind its receivers' backs, as `AutoDeleteOnIdle` does on the
+    /// service: its messages go with it, receiver links attached to it are closed with
+    /// `amqp:not-found` when they next look for a message, and so are later attaches. Not a
+    /// management request (not recorded). Whether it existed.
+    pub fn delete_subscription(&self, topic: &str, name: &str) -> bool {
+        self.shared.lock().entities.delete_subscription(topic, name)
     }
 }
 

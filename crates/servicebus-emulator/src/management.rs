@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -26,6 +26,43 @@ pub struct ManagementRequest {
     pub path: String,
     /// The status answered.
     pub status: u16,
+    /// When the request arrived (its body read), to check how long a client waited between
+    /// two requests.
+    pub at: Instant,
+}
+
+/// An answer the management endpoint gives instead of doing what was asked: see
+/// [`fail_management`](crate::ServiceBusEmulator::fail_management).
+///
+/// ```
+/// use keyvault_invalidator_servicebus_emulator::ManagementFault;
+///
+/// let throttled = ManagementFault::status(429).retry_after("2");
+/// assert_eq!(throttled.status, 429);
+/// assert_eq!(throttled.retry_after.as_deref(), Some("2"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementFault {
+    /// The status answered (401, 403, 408, 429, 503...).
+    pub status: u16,
+    /// The `Retry-After` header sent with it, verbatim: delay seconds (`"2"`) or an HTTP date.
+    pub retry_after: Option<String>,
+}
+
+impl ManagementFault {
+    /// An answer with `status` and no `Retry-After`.
+    pub fn status(status: u16) -> Self {
+        ManagementFault {
+            status,
+            retry_after: None,
+        }
+    }
+
+    /// The same with a `Retry-After` header.
+    pub fn retry_after(mut self, value: impl Into<String>) -> Self {
+        self.retry_after = Some(value.into());
+        self
+    }
 }
 
 pub(crate) async fn bind() -> std::io::Result<TcpListener> {
@@ -68,20 +105,58 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let (status, text) = answer(shared, &method, &path, authorization.as_deref(), &body);
+    let at = Instant::now();
+    let (status, text, retry_after) =
+        match answer(shared, &method, &path, authorization.as_deref(), &body) {
+            Answer::Done(status, text) => (status, text, None),
+            Answer::Fault(fault) => {
+                let status =
+                    StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (
+                    status,
+                    error_xml(status.as_u16(), "injected fault"),
+                    fault.retry_after,
+                )
+            }
+        };
     shared.lock().management_requests.push(ManagementRequest {
         method: method.to_string(),
         path,
         status: status.as_u16(),
+        at,
     });
-    Response::builder()
-        .status(status)
-        .header(
-            "content-type",
-            "application/atom+xml;type=entry;charset=utf-8",
-        )
+    let mut response = Response::builder().status(status).header(
+        "content-type",
+        "application/atom+xml;type=entry;charset=utf-8",
+    );
+    if let Some(retry_after) = retry_after {
+        response = response.header("retry-after", retry_after);
+    }
+    response
         .body(Full::new(Bytes::from(text)))
-        .expect("a static response is valid")
+        .unwrap_or_else(|_| {
+            // Only an injected `Retry-After` that is no valid header value gets here.
+            let mut response = Response::new(Full::new(Bytes::from(error_xml(
+                500,
+                "the injected Retry-After is no valid header value",
+            ))));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        })
+}
+
+/// What the endpoint answers.
+enum Answer {
+    /// The request was carried out (or refused on its merits).
+    Done(StatusCode, String),
+    /// An injected fault.
+    Fault(ManagementFault),
+}
+
+impl From<(StatusCode, String)> for Answer {
+    fn from((status, text): (StatusCode, String)) -> Self {
+        Answer::Done(status, text)
+    }
 }
 
 fn answer(
@@ -90,10 +165,10 @@ fn answer(
     path: &str,
     authorization: Option<&str>,
     body: &[u8],
-) -> (StatusCode, String) {
+) -> Answer {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let [topic, "subscriptions", name] = segments.as_slice() else {
-        return (StatusCode::NOT_FOUND, error_xml(404, "no such entity path"));
+        return (StatusCode::NOT_FOUND, error_xml(404, "no such entity path")).into();
     };
     let entity = format!(
         "{}{}",
@@ -104,20 +179,22 @@ fn answer(
         return (
             StatusCode::UNAUTHORIZED,
             error_xml(401, "InvalidSignature: the token is invalid"),
-        );
+        )
+            .into();
     }
     let mut state = shared.lock();
     if let Some(fault) = state.management_faults.pop_front() {
-        return (fault, error_xml(fault.as_u16(), "injected fault"));
+        return Answer::Fault(fault);
     }
-    match *method {
+    let done = match *method {
         Method::PUT => {
             let text = String::from_utf8_lossy(body);
             if !text.contains("<SubscriptionDescription") {
                 return (
                     StatusCode::BAD_REQUEST,
                     error_xml(400, "the body is not a SubscriptionDescription entry"),
-                );
+                )
+                    .into();
             }
             match state
                 .entities
@@ -148,7 +225,8 @@ fn answer(
             StatusCode::METHOD_NOT_ALLOWED,
             error_xml(405, "only PUT and DELETE are emulated"),
         ),
-    }
+    };
+    done.into()
 }
 
 fn settings_from(entry: &str) -> SubscriptionSettings {

@@ -23,7 +23,7 @@ mod source;
 
 pub use config::{
     Authorization, ServiceBusConfig, SubscriptionMode, DEFAULT_OPERATION_TIMEOUT,
-    DEFAULT_SAS_TOKEN_LIFETIME,
+    DEFAULT_SAS_TOKEN_LIFETIME, DEFAULT_UNAUTHORIZED_GRACE,
 };
 pub use connection_string::{ConnectionString, SharedAccess, AMQPS_PORT, EMULATOR_AMQP_PORT};
 pub use error::ConfigError;
@@ -31,7 +31,8 @@ pub use management::{
     iso8601_duration, SubscriptionProperties, API_VERSION, MIN_AUTO_DELETE_ON_IDLE,
 };
 pub use management_client::{
-    Creation, Deletion, ManagementAuth, ManagementClient, SERVICE_BUS_SCOPE,
+    Creation, Deletion, ManagementAuth, ManagementClient, ManagementError, ManagementFailure,
+    MAX_RETRY_AFTER, SERVICE_BUS_SCOPE,
 };
 pub use names::{
     check_subscription_name, check_subscription_prefix, check_topic, fully_qualified_namespace,
