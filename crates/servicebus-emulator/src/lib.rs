@@ -43,10 +43,14 @@
 //! [`reject_next_put_token`](ServiceBusEmulator::reject_next_put_token),
 //! [`leave_put_tokens_unanswered`](ServiceBusEmulator::leave_put_tokens_unanswered),
 //! [`expire_locks`](ServiceBusEmulator::expire_locks),
-//! [`fail_next_management`](ServiceBusEmulator::fail_next_management)), and what happened
-//! inspected ([`settlements`](ServiceBusEmulator::settlements),
+//! [`fail_next_management`](ServiceBusEmulator::fail_next_management) and
+//! [`fail_management`](ServiceBusEmulator::fail_management), with a `Retry-After`;
+//! [`delete_subscription`](ServiceBusEmulator::delete_subscription), as `AutoDeleteOnIdle`
+//! would), and what happened inspected ([`settlements`](ServiceBusEmulator::settlements),
 //! [`cbs_requests`](ServiceBusEmulator::cbs_requests), [`pending`](ServiceBusEmulator::pending),
-//! [`locked`](ServiceBusEmulator::locked), [`dead_letters`](ServiceBusEmulator::dead_letters)).
+//! [`locked`](ServiceBusEmulator::locked), [`dead_letters`](ServiceBusEmulator::dead_letters),
+//! [`management_requests`](ServiceBusEmulator::management_requests) with their times,
+//! [`management_request_count`](ServiceBusEmulator::management_request_count)).
 //!
 //! Not emulated: TLS (`amqps`, port 5671) and AMQP over WebSockets; SASL mechanisms other than
 //! ANONYMOUS; sending over AMQP (a client's sender link other than `$cbs` is closed with
