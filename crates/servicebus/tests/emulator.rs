@@ -72,7 +72,11 @@ impl ConformanceTarget for Emulated {
     async fn new_source(&self) -> ServiceBusSource {
         let topic = unique_topic("conformance");
         self.emulator.create_topic(&topic);
-        let source = ServiceBusSource::new(connection_string_config(&self.emulator, &topic));
+        // Short locks, so that the lock check outlasts them.
+        let config = connection_string_config(&self.emulator, &topic)
+            .subscription_properties(short_lock())
+            .unwrap();
+        let source = ServiceBusSource::new(config);
         source.connect().await.expect("connect");
         source
     }
@@ -96,8 +100,8 @@ impl ConformanceTarget for Emulated {
             .collect()
     }
 
-    fn dead_letter_carries_reason(&self) -> bool {
-        false
+    fn lock_duration(&self) -> Option<Duration> {
+        Some(short_lock().lock_duration)
     }
 }
 
@@ -397,9 +401,11 @@ async fn a_delivery_whose_lock_expired_is_not_completed_and_comes_back() {
     let emulator = ServiceBusEmulator::start().await.unwrap();
     let topic = unique_topic("lock");
     emulator.create_topic(&topic);
+    // Renewal off: the lock runs out while the invalidation is held.
     let config = connection_string_config(&emulator, &topic)
         .subscription_properties(short_lock())
-        .unwrap();
+        .unwrap()
+        .max_lock_renewal(Duration::ZERO);
     let cache = RecordingCache::new();
     cache.hold();
     let (source, handle) = job_over(config, cache.clone()).await;
@@ -437,6 +443,105 @@ async fn a_delivery_whose_lock_expired_is_not_completed_and_comes_back() {
         ("accepted", true)
     );
     assert_eq!(emulator.pending(&topic, &subscription), Some(0));
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_invalidation_keeps_its_lock_and_is_completed_once() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("renewal");
+    emulator.create_topic(&topic);
+    let config = connection_string_config(&emulator, &topic)
+        .subscription_properties(short_lock())
+        .unwrap();
+    let cache = RecordingCache::new();
+    cache.hold();
+    let (source, handle) = job_over(config, cache.clone()).await;
+    let subscription = source.subscription_name().to_owned();
+
+    assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "abc").event_grid_bytes()));
+    eventually("the invalidation is in flight", || cache.running() == 1).await;
+    // Twice the 5 s lock: renewed at about 2.5 s, 5 s, 7.5 s...
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        emulator.pending(&topic, &subscription),
+        Some(0),
+        "never redelivered"
+    );
+    cache.release();
+    eventually("the delivery is completed", || {
+        handle.stats().completed == 1
+    })
+    .await;
+    eventually("the completion is applied", || {
+        emulator.locked(&topic, &subscription) == 0
+    })
+    .await;
+    let settlements = emulator.settlements(&topic, &subscription);
+    assert_eq!(settlements.len(), 1, "{settlements:?}");
+    assert_eq!(
+        (settlements[0].outcome, settlements[0].applied),
+        ("accepted", true)
+    );
+    let renewals = emulator.lock_renewals(&topic, &subscription);
+    assert!(renewals.len() >= 3, "renewed while held: {renewals:?}");
+    assert!(renewals
+        .iter()
+        .all(|r| r.locked_until.is_some() && r.lock_token == settlements[0].lock_token));
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!((stats.completed, stats.settle_errors), (1, 0));
+    assert_eq!(cache.invalidated(), vec!["db-password".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_the_service_reports_lost_is_not_settled_and_the_redelivery_is() {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("lost");
+    emulator.create_topic(&topic);
+    let config = connection_string_config(&emulator, &topic)
+        .subscription_properties(short_lock())
+        .unwrap();
+    let cache = RecordingCache::new();
+    cache.hold();
+    let (source, handle) = job_over(config, cache.clone()).await;
+    let subscription = source.subscription_name().to_owned();
+
+    assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "abc").event_grid_bytes()));
+    eventually("the invalidation is in flight", || cache.running() == 1).await;
+    // The service loses the lock early (as after a service update); the renewal at about
+    // 2.5 s hears 410 Gone, well before the lock's nominal end.
+    emulator.expire_locks(&topic, &subscription);
+    eventually("the renewal is answered: lock lost", || {
+        emulator
+            .lock_renewals(&topic, &subscription)
+            .iter()
+            .any(|r| r.locked_until.is_none())
+    })
+    .await;
+    cache.release();
+    eventually("the redelivery is invalidated and completed", || {
+        cache.invalidated().len() == 2 && handle.stats().completed == 2
+    })
+    .await;
+    let stats = handle.stats();
+    assert_eq!(
+        stats.settle_errors, 1,
+        "the lost delivery was not settled: {stats:?}"
+    );
+    eventually("the completion is applied", || {
+        emulator.locked(&topic, &subscription) == 0
+    })
+    .await;
+    let settlements = emulator.settlements(&topic, &subscription);
+    assert_eq!(
+        settlements.len(),
+        1,
+        "only the redelivery settled: {settlements:?}"
+    );
+    assert_eq!(
+        (settlements[0].outcome, settlements[0].applied),
+        ("accepted", true)
+    );
     handle.shutdown().await.unwrap();
 }
 
@@ -504,7 +609,7 @@ async fn an_amqps_endpoint_is_reached_over_tls() {
     );
     // rustls read the plain-AMQP answer as a TLS record of the wrong type.
     assert!(
-        error.message.starts_with("connecting to Service Bus")
+        error.message.starts_with("opening the AMQP connection")
             && error.message.contains("InvalidContentType"),
         "{error}"
     );
@@ -560,4 +665,47 @@ async fn a_rotated_connection_string_is_read_again_from_the_store() {
         "read at start and again after refusals"
     );
     handle.shutdown().await.unwrap();
+}
+
+/// On the service, only a counted abandon (Modified) makes `MaxDeliveryCount` and the job's
+/// `max_attempts` fire; the emulator counts as the service does (Released is not counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_that_keeps_failing_is_abandoned_with_modified_and_dead_lettered_after_max_attempts(
+) {
+    let emulator = ServiceBusEmulator::start().await.unwrap();
+    let topic = unique_topic("attempts");
+    emulator.create_topic(&topic);
+    let cache = RecordingCache::new();
+    cache.fail_next(100, true);
+    let source = ServiceBusSource::new(connection_string_config(&emulator, &topic));
+    source.connect().await.expect("connect");
+    let invalidator = KeyVaultInvalidator::builder(cache.clone())
+        .allow_vault("prod-kv")
+        .build();
+    let handle = Job::builder(source.clone(), invalidator)
+        .max_attempts(3)
+        .retry_backoff(keyvault_invalidator_core::Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+        .spawn();
+    let subscription = source.subscription_name().to_owned();
+    assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "v2").event_grid_bytes()));
+
+    eventually("the message is dead-lettered", || {
+        emulator.dead_letters(&topic, &subscription).len() == 1
+    })
+    .await;
+    let dead = emulator.dead_letters(&topic, &subscription);
+    assert_eq!(dead[0].reason, "MaxAttemptsExceeded");
+    assert_eq!(dead[0].message.delivery_count, 3, "delivered three times");
+    let outcomes: Vec<&str> = emulator
+        .settlements(&topic, &subscription)
+        .iter()
+        .map(|s| s.outcome)
+        .collect();
+    assert_eq!(outcomes, vec!["modified", "modified", "rejected"]);
+    assert_eq!(cache.attempts(), 3, "one invalidation attempt per delivery");
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!((stats.completed, stats.dead_lettered), (0, 1));
 }

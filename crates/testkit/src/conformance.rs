@@ -58,11 +58,19 @@ pub trait ConformanceTarget: Send + Sync {
     async fn dead_letters(&self, source: &Self::Source) -> Vec<DeadLetter>;
 
     /// Whether the transport carries the dead-letter reason and description with the message.
-    /// A transport that cannot (Service Bus through `azure_core_amqp` 1.1, which rejects
-    /// without an error) says so here; the suite then checks only that the message was
+    /// A transport that cannot says so here; the suite then checks only that the message was
     /// dead-lettered, and the adapter must document where the reason goes instead.
     fn dead_letter_carries_reason(&self) -> bool {
         true
+    }
+
+    /// How long the transport locks a delivery, for a peek-lock transport whose source renews
+    /// the locks of deliveries in flight (Service Bus, Event Grid namespace topics). The
+    /// target's sources must be made with locks this short (a few seconds) so that
+    /// [`lock_is_kept_while_a_delivery_is_in_flight`] can outlast them. `None` (the
+    /// default): the transport has no locks to keep, and that check passes at once.
+    fn lock_duration(&self) -> Option<Duration> {
+        None
     }
 }
 
@@ -111,6 +119,11 @@ pub async fn run_all<T: ConformanceTarget>(target: &T) {
     )
     .await;
     bounded("close_stops_receiving", close_stops_receiving(target)).await;
+    bounded(
+        "lock_is_kept_while_a_delivery_is_in_flight",
+        lock_is_kept_while_a_delivery_is_in_flight(target),
+    )
+    .await;
 }
 
 /// How long one check may take in all: its own waits are shorter, so only a hang reaches it.
@@ -346,4 +359,31 @@ pub async fn close_stops_receiving<T: ConformanceTarget>(target: &T) {
             batch.len()
         ),
     }
+}
+
+/// A delivery held for longer than its lock (an invalidation waiting out a throttle) keeps
+/// its lock: it is not delivered again meanwhile, and completing it afterwards succeeds and
+/// removes it. Checked only for targets that name a [`lock_duration`](ConformanceTarget::lock_duration).
+pub async fn lock_is_kept_while_a_delivery_is_in_flight<T: ConformanceTarget>(target: &T) {
+    let what = "the lock is kept while a delivery is in flight";
+    let Some(lock) = target.lock_duration() else {
+        return;
+    };
+    let source = target.new_source().await;
+    target.publish(&source, "held-1", &body(6)).await;
+    let mut batch = receive_some(&source, 10, what).await;
+    assert_eq!(batch.len(), 1, "{what}: one message published");
+    let delivery = batch.remove(0);
+    // Two and a half lock durations: without renewal the lock runs out twice over.
+    let hold = lock * 5 / 2;
+    if let Ok(Ok(again)) = tokio::time::timeout(hold, source.receive(10)).await {
+        assert!(
+            again.is_empty(),
+            "{what}: the message came back after {:?} while held (lock {lock:?}): the lock was not renewed",
+            hold
+        );
+    }
+    settle(&source, delivery, Settlement::Complete, what).await;
+    assert_quiet(&source, what).await;
+    source.close().await.expect("close");
 }

@@ -84,10 +84,8 @@ pub(crate) fn remote_error<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a definitions::Error> {
     use fe2o3_amqp::link::{LinkStateError, ReceiverAttachError, RecvError, SenderAttachError};
-    if let Some(error) = error.downcast_ref::<RecvError>() {
-        if let RecvError::LinkStateError(state) = error {
-            return link_state_error(state);
-        }
+    if let Some(RecvError::LinkStateError(state)) = error.downcast_ref::<RecvError>() {
+        return link_state_error(state);
     }
     if let Some(ReceiverAttachError::RemoteClosedWithError(e)) =
         error.downcast_ref::<ReceiverAttachError>()
@@ -181,10 +179,7 @@ mod tests {
 
     #[test]
     fn conditions_are_read_by_type() {
-        let unauthorized = classify(
-            detached(AmqpError::UnauthorizedAccess.into()),
-            "receiving",
-        );
+        let unauthorized = classify(detached(AmqpError::UnauthorizedAccess.into()), "receiving");
         assert!(is_unauthorized(&unauthorized));
         assert_eq!(unauthorized.kind, SourceErrorKind::Transient);
         let missing = classify(detached(AmqpError::NotFound.into()), "attaching");
@@ -205,7 +200,10 @@ mod tests {
             "settling",
         );
         assert_eq!(lost.kind, SourceErrorKind::SettlementLost);
-        assert!(std::error::Error::source(&lost).is_some(), "the chain is kept");
+        assert!(
+            std::error::Error::source(&lost).is_some(),
+            "the chain is kept"
+        );
     }
 
     #[test]

@@ -37,8 +37,8 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fe2o3_amqp::connection::ConnectionHandle;
-use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{self, ErrorCondition, Fields, ReceiverSettleMode};
@@ -244,20 +244,24 @@ struct Amqp {
 impl Amqp {
     async fn open(plan: &LinkPlan, token: CbsToken) -> Result<Amqp, SourceError> {
         let timeout = plan.timeout;
-        let mut builder = Connection::builder()
+        let url = &plan.amqp_url;
+        let host = url.host_str().unwrap_or_default();
+        let stream = bounded(timeout, "connecting to Service Bus", connect_tcp(url)).await?;
+        let builder = Connection::builder()
             .container_id(plan.name.clone())
+            .scheme(url.scheme())
+            .hostname(host)
+            .sasl_hostname(host)
+            .domain(url.domain())
             .sasl_profile(SaslProfile::Anonymous)
             // Service Bus starts TLS before AMQP (no AMQP TLS upgrade header).
             .alt_tls_establishment(true)
             .max_frame_size(65536)
             .idle_time_out(60_000u32);
-        if let Some(host) = plan.amqp_url.host_str() {
-            builder = builder.hostname(host);
-        }
         let mut connection = bounded(
             timeout,
-            "connecting to Service Bus",
-            builder.open(plan.amqp_url.clone()),
+            "opening the AMQP connection",
+            builder.open_with_stream(stream),
         )
         .await?;
         let session = bounded(
@@ -361,7 +365,8 @@ impl Amqp {
         let receiver_name = plan.receiver_name();
         let renewing_locks = async {
             while let Some((lock_token, reply)) = lock_requests_rx.recv().await {
-                let _ = reply.send(renew_lock(management, lock_token, &receiver_name, plan.timeout).await);
+                let _ = reply
+                    .send(renew_lock(management, lock_token, &receiver_name, plan.timeout).await);
             }
             std::future::pending::<()>().await;
         };
@@ -389,6 +394,22 @@ impl Amqp {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
     }
+}
+
+/// The TCP connection, with Nagle's algorithm off.
+///
+/// Why not fe2o3's `open(url)`, which connects by itself: it leaves Nagle on, so a disposition
+/// followed by a credit `flow` (two small writes) holds the flow back until the disposition is
+/// acknowledged, and a peer that delays its ACKs (Linux does, by up to 40 ms) stalls every
+/// credit renewal: a backlog drained at about 100 messages a second in the benchmarks.
+async fn connect_tcp(url: &url::Url) -> std::io::Result<tokio::net::TcpStream> {
+    let host = url.host_str().unwrap_or_default();
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 });
+    let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// fe2o3 builds its rustls client config from the process-wide crypto provider, and rustls
@@ -462,9 +483,9 @@ async fn renew_lock(
         server_timeout: timeout,
     };
     let renewed = bounded(timeout, "renewing a lock", management.call(request)).await?;
-    renewed.locked_until.ok_or_else(|| {
-        SourceError::transient("renewing a lock: the answer named no new expiry")
-    })
+    renewed
+        .locked_until
+        .ok_or_else(|| SourceError::transient("renewing a lock: the answer named no new expiry"))
 }
 
 /// Fetches a fresh token before the current one ends and has the link's thread put it, for
@@ -562,8 +583,7 @@ async fn handle(receiver: &Receiver, command: Command, lock_requests: &LockReque
             let _ = reply.send(settle(receiver, delivery, outcome).await);
         }
         Command::RenewLock { lock_token, reply } => {
-            if let Err(mpsc::error::SendError((_, reply))) =
-                lock_requests.send((lock_token, reply))
+            if let Err(mpsc::error::SendError((_, reply))) = lock_requests.send((lock_token, reply))
             {
                 let _ = reply.send(Err(SourceError::transient("the link is closing")));
             }
@@ -571,7 +591,11 @@ async fn handle(receiver: &Receiver, command: Command, lock_requests: &LockReque
     }
 }
 
-async fn settle(receiver: &Receiver, delivery: DeliveryInfo, outcome: Outcome) -> Result<(), SourceError> {
+async fn settle(
+    receiver: &Receiver,
+    delivery: DeliveryInfo,
+    outcome: Outcome,
+) -> Result<(), SourceError> {
     let result = match outcome {
         Outcome::Accept => receiver.accept(delivery).await,
         Outcome::Abandon => {
@@ -589,7 +613,11 @@ async fn settle(receiver: &Receiver, delivery: DeliveryInfo, outcome: Outcome) -
         Outcome::DeadLetter {
             reason,
             description,
-        } => receiver.reject(delivery, dead_letter_error(&reason, &description)).await,
+        } => {
+            receiver
+                .reject(delivery, dead_letter_error(&reason, &description))
+                .await
+        }
     };
     result.map_err(|e| {
         classified(

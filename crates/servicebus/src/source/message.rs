@@ -162,7 +162,13 @@ mod tests {
                     .insert("ignored", SimpleValue::Binary(Binary::from(vec![1u8])))
                     .build(),
             )
-            .body(Body::Data(vec![Data(Binary::from(b"{\"a\":".to_vec())), Data(Binary::from(b"1}".to_vec()))].into()))
+            .body(Body::Data(
+                vec![
+                    Data(Binary::from(b"{\"a\":".to_vec())),
+                    Data(Binary::from(b"1}".to_vec())),
+                ]
+                .into(),
+            ))
             .build();
         let received = read(&message);
         assert_eq!(received.body, b"{\"a\":1}");
@@ -191,14 +197,19 @@ mod tests {
         let message: Message<Body<Value>> = Message::builder()
             .message_annotations(
                 MessageAnnotations::builder()
-                    .insert(Symbol::from("x-opt-lock-token"), Value::String("no".to_owned()))
+                    .insert(
+                        Symbol::from("x-opt-lock-token"),
+                        Value::String("no".to_owned()),
+                    )
                     .insert(
                         Symbol::from("x-opt-locked-until"),
                         Value::Timestamp(Timestamp::from_milliseconds(-5)),
                     )
                     .build(),
             )
-            .body(Body::Value(fe2o3_amqp::types::messaging::AmqpValue(Value::Int(7))))
+            .body(Body::Value(fe2o3_amqp::types::messaging::AmqpValue(
+                Value::Int(7),
+            )))
             .build();
         let received = read(&message);
         assert_eq!(received, Received::default());

@@ -127,9 +127,8 @@ struct LinkLocks {
 #[async_trait]
 impl LockRenewer for LinkLocks {
     async fn renew_lock(&self, lock_token: &str) -> Result<SystemTime, SourceError> {
-        let lock_token = parse_lock_token(lock_token).ok_or_else(|| {
-            SourceError::fatal("renewing a lock: the lock token is not a uuid")
-        })?;
+        let lock_token = parse_lock_token(lock_token)
+            .ok_or_else(|| SourceError::fatal("renewing a lock: the lock token is not a uuid"))?;
         let (reply, answer) = oneshot::channel();
         let gone = || SourceError::new(SourceErrorKind::Closed, "the link is gone");
         self.commands

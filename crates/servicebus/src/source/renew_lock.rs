@@ -66,13 +66,11 @@ impl Response for Renewed {
         let Value::Map(map) = value.0 else {
             return Ok(Renewed { locked_until: None });
         };
-        let expirations = map
-            .into_iter()
-            .find_map(|(key, value)| match key {
-                Value::String(key) if key == "expirations" => Some(value),
-                Value::Symbol(key) if key.0 == "expirations" => Some(value),
-                _ => None,
-            });
+        let expirations = map.into_iter().find_map(|(key, value)| match key {
+            Value::String(key) if key == "expirations" => Some(value),
+            Value::Symbol(key) if key.0 == "expirations" => Some(value),
+            _ => None,
+        });
         let first = match expirations {
             Some(Value::Array(array)) => array.into_inner().into_iter().next(),
             Some(Value::List(list)) => list.into_iter().next(),
@@ -129,9 +127,9 @@ mod tests {
         let mut map = OrderedMap::new();
         map.insert(
             Value::String("expirations".to_owned()),
-            Value::Array(Array::from(vec![Value::Timestamp(Timestamp::from_milliseconds(
-                1_700_000_000_000,
-            ))])),
+            Value::Array(Array::from(vec![Value::Timestamp(
+                Timestamp::from_milliseconds(1_700_000_000_000),
+            )])),
         );
         let message = Message::builder()
             .body(Body::Value(fe2o3_amqp::types::messaging::AmqpValue(
