@@ -18,6 +18,10 @@
 //!   cargo run --example servicebus --features servicebus
 //! ```
 //!
+//! `SERVICEBUS_SUBSCRIPTION=name` receives from an existing subscription instead of creating
+//! one, and `SERVICEBUS_MANAGEMENT_ENDPOINT=url` points subscription management elsewhere (the
+//! emulator binary's endpoint, say). The emulator's Python tests run the example this way.
+//!
 //! The Event Grid subscription of the Key Vault must deliver `SecretNewVersionCreated` to that
 //! topic; the example's cache is an in-memory vault, so it shows the events rather than real
 //! secret values.
@@ -121,6 +125,14 @@ async fn against_azure() -> Result<(), Box<dyn std::error::Error>> {
                 client_id.as_deref(),
             )?
         }
+    };
+    let config = match std::env::var("SERVICEBUS_SUBSCRIPTION") {
+        Ok(name) => config.existing_subscription(&name)?,
+        Err(_) => config,
+    };
+    let config = match std::env::var("SERVICEBUS_MANAGEMENT_ENDPOINT") {
+        Ok(endpoint) => config.management_endpoint(&endpoint)?,
+        Err(_) => config,
     };
     let cache = CachedSecretProvider::new(InMemoryVault::new());
     let source = ServiceBusSource::new(config);

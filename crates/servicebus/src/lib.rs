@@ -9,7 +9,8 @@
 //! as the service checks them; [`SubscriptionProperties`] writes the management API's Atom
 //! entry for a per-instance subscription.
 //!
-//! [`ServiceBusSource`] receives over AMQP 1.0 with the official `azure_core_amqp` 1.1 stack.
+//! [`ServiceBusSource`] receives over AMQP 1.0 on `fe2o3-amqp`, settling as the official SDKs do
+//! and renewing the locks of deliveries in flight.
 #![warn(missing_docs)]
 
 mod config;
