@@ -246,7 +246,10 @@ mod tests {
 
     #[test]
     fn renews_halfway_through_short_locks_and_ten_seconds_ahead_of_long_ones() {
-        assert_eq!(renew_delay(Duration::from_secs(60)), Duration::from_secs(50));
+        assert_eq!(
+            renew_delay(Duration::from_secs(60)),
+            Duration::from_secs(50)
+        );
         assert_eq!(renew_delay(Duration::from_secs(4)), Duration::from_secs(2));
         assert_eq!(renew_delay(Duration::from_millis(300)), Duration::ZERO);
     }
@@ -298,7 +301,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lock_the_service_calls_lost_is_not_held_and_not_renewed_again() {
-        let renewer = scripted(Duration::from_secs(60), vec![SourceErrorKind::SettlementLost]);
+        let renewer = scripted(
+            Duration::from_secs(60),
+            vec![SourceErrorKind::SettlementLost],
+        );
         let lock = HeldLock::hold(
             renewer.clone(),
             "token-1".to_owned(),
