@@ -396,23 +396,48 @@ async fn an_unanswered_authorisation_fails_in_time_and_the_next_attempt_connects
     assert_eq!(emulator.unanswered_put_tokens(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_whose_lock_expired_is_not_completed_and_comes_back() {
+/// A job over a subscription with 5 s locks whose one invalidation is held in flight.
+struct HeldInvalidation {
+    emulator: ServiceBusEmulator,
+    topic: String,
+    subscription: String,
+    cache: RecordingCache,
+    handle: JobHandle,
+}
+
+async fn hold_one_invalidation(what: &str, max_lock_renewal: Duration) -> HeldInvalidation {
     let emulator = ServiceBusEmulator::start().await.unwrap();
-    let topic = unique_topic("lock");
+    let topic = unique_topic(what);
     emulator.create_topic(&topic);
-    // Renewal off: the lock runs out while the invalidation is held.
     let config = connection_string_config(&emulator, &topic)
         .subscription_properties(short_lock())
         .unwrap()
-        .max_lock_renewal(Duration::ZERO);
+        .max_lock_renewal(max_lock_renewal);
     let cache = RecordingCache::new();
     cache.hold();
     let (source, handle) = job_over(config, cache.clone()).await;
     let subscription = source.subscription_name().to_owned();
-
     assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "abc").event_grid_bytes()));
     eventually("the invalidation is in flight", || cache.running() == 1).await;
+    HeldInvalidation {
+        emulator,
+        topic,
+        subscription,
+        cache,
+        handle,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_lock_expired_is_not_completed_and_comes_back() {
+    // Renewal off: the lock runs out while the invalidation is held.
+    let HeldInvalidation {
+        emulator,
+        topic,
+        subscription,
+        cache,
+        handle,
+    } = hold_one_invalidation("lock", Duration::ZERO).await;
     // Hold the invalidation past the 5 s lock: the service takes the message back.
     tokio::time::sleep(Duration::from_secs(6)).await;
     cache.release();
@@ -448,19 +473,17 @@ async fn a_delivery_whose_lock_expired_is_not_completed_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_invalidation_keeps_its_lock_and_is_completed_once() {
-    let emulator = ServiceBusEmulator::start().await.unwrap();
-    let topic = unique_topic("renewal");
-    emulator.create_topic(&topic);
-    let config = connection_string_config(&emulator, &topic)
-        .subscription_properties(short_lock())
-        .unwrap();
-    let cache = RecordingCache::new();
-    cache.hold();
-    let (source, handle) = job_over(config, cache.clone()).await;
-    let subscription = source.subscription_name().to_owned();
-
-    assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "abc").event_grid_bytes()));
-    eventually("the invalidation is in flight", || cache.running() == 1).await;
+    let HeldInvalidation {
+        emulator,
+        topic,
+        subscription,
+        cache,
+        handle,
+    } = hold_one_invalidation(
+        "renewal",
+        keyvault_invalidator_core::lock::LockRenewal::DEFAULT_MAX_DURATION,
+    )
+    .await;
     // Twice the 5 s lock: renewed at about 2.5 s, 5 s, 7.5 s...
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(
@@ -495,19 +518,17 @@ async fn a_slow_invalidation_keeps_its_lock_and_is_completed_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_the_service_reports_lost_is_not_settled_and_the_redelivery_is() {
-    let emulator = ServiceBusEmulator::start().await.unwrap();
-    let topic = unique_topic("lost");
-    emulator.create_topic(&topic);
-    let config = connection_string_config(&emulator, &topic)
-        .subscription_properties(short_lock())
-        .unwrap();
-    let cache = RecordingCache::new();
-    cache.hold();
-    let (source, handle) = job_over(config, cache.clone()).await;
-    let subscription = source.subscription_name().to_owned();
-
-    assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "abc").event_grid_bytes()));
-    eventually("the invalidation is in flight", || cache.running() == 1).await;
+    let HeldInvalidation {
+        emulator,
+        topic,
+        subscription,
+        cache,
+        handle,
+    } = hold_one_invalidation(
+        "lost",
+        keyvault_invalidator_core::lock::LockRenewal::DEFAULT_MAX_DURATION,
+    )
+    .await;
     // The service loses the lock early (as after a service update); the renewal at about
     // 2.5 s hears 410 Gone, well before the lock's nominal end.
     emulator.expire_locks(&topic, &subscription);
