@@ -75,6 +75,10 @@ pub(crate) fn put_token(
     let path = path_of(audience);
     let granted = match token_type {
         SAS_TOKEN_TYPE => sas_expiry(shared, token, &path, now),
+        // Microsoft's Python client (azure-servicebus 7.x, `_pyamqp`) sends a connection
+        // string's shared access signature as type `jwt`; the service accepts a signature under
+        // either type and verifies it the same way.
+        JWT_TOKEN_TYPE if is_sas(token) => sas_expiry(shared, token, &path, now),
         JWT_TOKEN_TYPE => (token == shared.bearer_token).then_some(expiration),
         _ => None,
     };
@@ -94,6 +98,11 @@ pub(crate) fn put_token(
         status,
     });
     (status, description)
+}
+
+/// Whether the token is shaped like a shared access signature.
+fn is_sas(token: &str) -> bool {
+    token.trim_start().starts_with("SharedAccessSignature ")
 }
 
 /// The token's expiry if it is a valid signature whose resource covers the audience's path.

@@ -80,8 +80,10 @@
 mod amqp;
 mod cbs;
 mod management;
+mod node;
 mod sas;
 mod state;
+mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -94,7 +96,10 @@ use tokio::task::{AbortHandle, JoinHandle};
 pub use cbs::CbsRequest;
 pub use management::{ManagementFault, ManagementRequest};
 pub use sas::{verify as verify_sas, SasRejection};
-pub use state::{DeadLetteredMessage, Settlement, StoredMessage, SubscriptionSettings};
+pub use state::{
+    DeadLetteredMessage, LockRenewal, Settlement, StoredMessage, SubQueue, SubscriptionSettings,
+    DEAD_LETTER_ERROR_DESCRIPTION, DEAD_LETTER_REASON, MAX_DELIVERY_COUNT_EXCEEDED,
+};
 
 use state::Entities;
 
@@ -176,17 +181,52 @@ impl Shared {
     }
 }
 
+/// How to start an emulator: [`ServiceBusEmulator::start_with`]. The default is what
+/// [`ServiceBusEmulator::start`] does: random ports on 127.0.0.1 and a random policy key.
+#[derive(Clone, Default)]
+pub struct EmulatorOptions {
+    /// The AMQP endpoint's port on 127.0.0.1 (`None`: a random free port).
+    pub amqp_port: Option<u16>,
+    /// The management endpoint's port on 127.0.0.1 (`None`: a random free port).
+    pub management_port: Option<u16>,
+    /// The [`POLICY_NAME`] policy's key (`None`: a fresh random key).
+    pub policy_key: Option<String>,
+}
+
+impl fmt::Debug for EmulatorOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmulatorOptions")
+            .field("amqp_port", &self.amqp_port)
+            .field("management_port", &self.management_port)
+            .field(
+                "policy_key",
+                &self.policy_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 impl ServiceBusEmulator {
     /// Starts the emulator's endpoints on loopback, with a fresh random policy key.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = management::bind().await?;
+        Self::start_with(EmulatorOptions::default()).await
+    }
+
+    /// Starts the emulator's endpoints on loopback as `options` say.
+    pub async fn start_with(options: EmulatorOptions) -> std::io::Result<Self> {
+        let listener = match options.management_port {
+            None => management::bind().await?,
+            Some(port) => {
+                tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await?
+            }
+        };
         let port = listener.local_addr()?.port();
-        let amqp_listener = amqp::bind()?;
+        let amqp_listener = amqp::bind(options.amqp_port.unwrap_or(0))?;
         let amqp_port = amqp_listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             management_endpoint: format!("http://127.0.0.1:{port}/"),
             amqp_port,
-            policy_key: Mutex::new(random_key()),
+            policy_key: Mutex::new(options.policy_key.unwrap_or_else(random_key)),
             bearer_token: format!("emulator-token-{}", random_key()),
             link_faults: broadcast::channel(16).0,
             state: Mutex::new(State::default()),
@@ -365,7 +405,7 @@ impl ServiceBusEmulator {
             .lock()
             .entities
             .subscription(topic, subscription)
-            .map(|s| s.messages.len())
+            .map(|s| s.active.messages.len())
     }
 
     /// Messages handed to receiver links and not settled: locked (peek-lock, expired locks
@@ -376,7 +416,7 @@ impl ServiceBusEmulator {
         match state.entities.subscription_mut(topic, subscription) {
             Some(s) => {
                 s.expire_locks(std::time::Instant::now());
-                s.locked.len() + s.reserved.len()
+                s.active.locked.len() + s.active.reserved.len()
             }
             None => 0,
         }
@@ -389,7 +429,29 @@ impl ServiceBusEmulator {
             .lock()
             .entities
             .subscription(topic, subscription)
-            .map(|s| s.settlements.clone())
+            .map(|s| s.active.settlements.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every settlement receivers sent on the subscription's dead-letter sub-queue, in order.
+    pub fn dead_letter_settlements(&self, topic: &str, subscription: &str) -> Vec<Settlement> {
+        self.shared
+            .lock()
+            .entities
+            .subscription(topic, subscription)
+            .map(|s| s.dead_letter.settlements.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every lock token `com.microsoft:renew-lock` requests named on the subscription's
+    /// `$management` node, in order, with the new expiry (`None`: the lock was lost, answered
+    /// 410). Renewals on the dead-letter sub-queue are not included.
+    pub fn lock_renewals(&self, topic: &str, subscription: &str) -> Vec<LockRenewal> {
+        self.shared
+            .lock()
+            .entities
+            .subscription(topic, subscription)
+            .map(|s| s.active.lock_renewals.clone())
             .unwrap_or_default()
     }
 
@@ -438,7 +500,7 @@ impl ServiceBusEmulator {
             .lock()
             .entities
             .subscription(topic, subscription)
-            .map(|s| s.dead_letters.clone())
+            .map(|s| s.dead_letters())
             .unwrap_or_default()
     }
 

@@ -1,0 +1,674 @@
+//! The socket relay between a client and the AMQP engine, and the few frames it rewrites to make
+//! up for what `fe2o3-amqp` 0.14's acceptor cannot be told to do.
+//!
+//! The relay parses the frame boundaries of both directions (the protocol headers, SASL and AMQP
+//! frames) and looks inside only these performatives; everything else, and any stream it cannot
+//! parse, passes unchanged:
+//!
+//! - **Transfers of entity deliveries** (those whose message annotations carry
+//!   `x-opt-lock-token`), on their way to the client:
+//!   - the **delivery tag** becomes the lock token's 16 bytes in .NET GUID order (the first three
+//!     groups little-endian), as the service sends it and as azure-sdk-for-python reads it
+//!     (`ServiceBusReceivedMessage.lock_token` is `uuid.UUID(bytes_le=delivery_tag)`).
+//!     fe2o3's `Sender` always makes its own 4-byte tags and has no way to set one.
+//!   - the **header** is written out with every field, `delivery-count` included: fe2o3's
+//!     encoder leaves out trailing fields that hold their default, so a first delivery
+//!     (count 0) went out with no `delivery-count` at all, which the Python client reads as
+//!     `None` (`ServiceBusReceivedMessage.delivery_count` is `header.delivery_count`).
+//! - **The client's `open`**: its `max-frame-size` is lowered by [`FRAME_MARGIN`] before the
+//!   engine sees it, so that a transfer the engine cut to the client's limit still fits once its
+//!   tag and header grew.
+//! - **Settlement in receiver-settle-mode *second*** (the Python client's peek-lock): the client
+//!   sends its outcome unsettled and waits for the broker to settle it. fe2o3's session echoes
+//!   the client's own state at once, settled, before the emulator has applied it
+//!   (`LinkRelay::on_incoming_disposition` in fe2o3's `link/mod.rs` and
+//!   `Session::on_incoming_disposition` in `session/mod.rs`): a lock that was lost would be
+//!   confirmed as if applied, and a dead-letter comes back as a Rejected *with* the client's
+//!   error, which the Python client treats as a failure. The relay drops fe2o3's echo for
+//!   entity deliveries and sends the emulator's own settled disposition instead
+//!   ([`Wire::settle`]): the outcome applied, or Rejected with
+//!   `com.microsoft:message-lock-lost` when the lock was gone, as the service does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fe2o3_amqp::types::definitions::{DeliveryNumber, Role};
+use fe2o3_amqp::types::messaging::DeliveryState;
+use fe2o3_amqp::types::performatives::{Attach, Begin, Disposition, Open, Transfer};
+use fe2o3_amqp::types::primitives::Value;
+use serde_amqp::primitives::Binary;
+use socket2::SockRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// How many bytes the client's `max-frame-size` is lowered by (see the module docs).
+pub(crate) const FRAME_MARGIN: u32 = 64;
+/// The smallest `max-frame-size` AMQP allows.
+const MIN_MAX_FRAME_SIZE: u32 = 512;
+/// Frames larger than this end the parsing: the rest of the stream passes unchanged.
+const MAX_PARSED_FRAME: usize = 16 * 1024 * 1024;
+
+const OPEN: u8 = 0x10;
+const BEGIN: u8 = 0x11;
+const ATTACH: u8 = 0x12;
+const TRANSFER: u8 = 0x14;
+const DISPOSITION: u8 = 0x15;
+const END: u8 = 0x17;
+
+/// An entity delivery the client has not settled.
+#[derive(Debug)]
+struct Tracked {
+    lock_token: uuid::Uuid,
+    /// Whether the link runs in receiver-settle-mode second (fe2o3 then echoes).
+    second: bool,
+    /// The client sent an unsettled outcome: it waits for the emulator to settle.
+    awaiting: bool,
+    /// fe2o3's echo went by (and was dropped).
+    echo_seen: bool,
+    /// The emulator's own settled disposition went out.
+    settled: bool,
+}
+
+#[derive(Debug, Default)]
+struct WireState {
+    /// The client's channel of each session, to the engine's.
+    channels: HashMap<u16, u16>,
+    /// Whether each of the engine's sender links (channel, handle) is in mode second.
+    second: HashMap<(u16, u32), bool>,
+    /// Entity deliveries by (engine channel, delivery id).
+    deliveries: HashMap<(u16, DeliveryNumber), Tracked>,
+    by_token: HashMap<uuid::Uuid, (u16, DeliveryNumber)>,
+}
+
+/// A connection's relay state, shared with the links that settle its deliveries.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    state: Mutex<WireState>,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Wire {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WireState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Settles an entity delivery the client left unsettled, with `state`: what the emulator
+    /// did with the client's outcome. Nothing is sent for a delivery the client settled
+    /// itself.
+    pub(crate) fn settle(&self, lock_token: &str, state: DeliveryState) {
+        let Ok(token) = uuid::Uuid::parse_str(lock_token) else {
+            return;
+        };
+        let frame = {
+            let mut wire = self.lock();
+            let Some(&key) = wire.by_token.get(&token) else {
+                return;
+            };
+            let Some(tracked) = wire.deliveries.get_mut(&key) else {
+                return;
+            };
+            if !tracked.awaiting || tracked.settled {
+                return;
+            }
+            tracked.settled = true;
+            if !tracked.second || tracked.echo_seen {
+                wire.forget(key);
+            }
+            let disposition = Disposition {
+                role: Role::Sender,
+                first: key.1,
+                last: None,
+                settled: true,
+                state: Some(state),
+                batchable: false,
+            };
+            match serde_amqp::to_vec(&disposition) {
+                Ok(body) => frame(key.0, &body),
+                Err(_) => return,
+            }
+        };
+        let _ = self.frames.send(frame);
+    }
+}
+
+impl WireState {
+    fn forget(&mut self, key: (u16, DeliveryNumber)) {
+        if let Some(tracked) = self.deliveries.remove(&key) {
+            self.by_token.remove(&tracked.lock_token);
+        }
+    }
+
+    /// Keys of tracked deliveries on `channel` within `first..=last` (walking what is
+    /// tracked, not the peer's range, which could be huge).
+    fn in_range(&self, channel: u16, first: u32, last: u32) -> Vec<(u16, DeliveryNumber)> {
+        self.deliveries
+            .keys()
+            .filter(|(c, id)| *c == channel && first <= *id && *id <= last)
+            .copied()
+            .collect()
+    }
+}
+
+/// Relays a client's socket to the AMQP engine, acknowledging what the client sends at once and
+/// rewriting the frames the module docs list.
+///
+/// Why acknowledge at once: a client that writes a disposition and then a flow as two small
+/// writes with Nagle's algorithm on (`fe2o3-amqp`, under `azure_core_amqp`, does not set
+/// `TCP_NODELAY`) holds the flow back until the disposition is acknowledged; a server that
+/// delays its ACKs (Linux does, by up to 40 ms, when it has nothing to send back) then stalls
+/// every renewal of the link credit, and a backlog drains at ~100 messages/s (seen with strace:
+/// 40 ms between the client's flow and the next transfer). Whether Service Bus's front ends
+/// delay ACKs is not known; the emulator answers at once so that what is measured through it
+/// is the client.
+pub(crate) fn relay(
+    tcp: TcpStream,
+    near: DuplexStream,
+) -> (Arc<Wire>, impl std::future::Future<Output = ()>) {
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+    let wire = Arc::new(Wire {
+        state: Mutex::new(WireState::default()),
+        frames: frames_tx,
+    });
+    let task = run(tcp, near, wire.clone(), frames_rx);
+    (wire, task)
+}
+
+async fn run(
+    tcp: TcpStream,
+    near: DuplexStream,
+    wire: Arc<Wire>,
+    mut injected: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let (mut from_client, mut to_client) = tcp.into_split();
+    let (mut from_engine, mut to_engine) = tokio::io::split(near);
+    let inbound = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        let mut frames = Framer::default();
+        loop {
+            let read = from_client.read(&mut buffer).await?;
+            if read == 0 {
+                return to_engine.shutdown().await;
+            }
+            // Quick-ack mode is not permanent: Linux leaves it again on its own, so it is set
+            // again after every read, which also sends an ACK that was being held back.
+            let _ = SockRef::from(from_client.as_ref()).set_tcp_quickack(true);
+            let out = frames.push(&buffer[..read], |frame| inbound_frame(&wire, frame));
+            to_engine.write_all(&out).await?;
+        }
+    };
+    let outbound = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        let mut frames = Framer::default();
+        loop {
+            tokio::select! {
+                read = from_engine.read(&mut buffer) => {
+                    let read = read?;
+                    if read == 0 {
+                        break;
+                    }
+                    let out = frames.push(&buffer[..read], |frame| outbound_frame(&wire, frame));
+                    to_client.write_all(&out).await?;
+                }
+                Some(frame) = injected.recv() => {
+                    // Between whole frames: the framer only ever writes complete ones.
+                    to_client.write_all(&frame).await?;
+                }
+            }
+        }
+        to_client.shutdown().await
+    };
+    let _: std::io::Result<_> = tokio::try_join!(inbound, outbound);
+}
+
+/// Splits a byte stream into protocol headers and frames; once it meets something it cannot
+/// parse it passes everything through unchanged.
+#[derive(Default)]
+struct Framer {
+    pending: Vec<u8>,
+    passthrough: bool,
+}
+
+impl Framer {
+    /// Appends `bytes`; returns what to write on: each complete unit as `rewrite` returns it.
+    fn push(&mut self, bytes: &[u8], mut rewrite: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> Vec<u8> {
+        if self.passthrough {
+            return bytes.to_vec();
+        }
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut start = 0;
+        loop {
+            let rest = &self.pending[start..];
+            let unit = if rest.len() >= 4 && &rest[..4] == b"AMQP" {
+                if rest.len() < 8 {
+                    break;
+                }
+                out.extend_from_slice(&rest[..8]);
+                start += 8;
+                continue;
+            } else if rest.len() >= 4 {
+                let size = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if !(8..=MAX_PARSED_FRAME).contains(&size) || (rest.len() >= 5 && rest[4] < 2) {
+                    self.passthrough = true;
+                    out.extend_from_slice(rest);
+                    self.pending.clear();
+                    return out;
+                }
+                if rest.len() < size {
+                    break;
+                }
+                &rest[..size]
+            } else {
+                break;
+            };
+            match rewrite(unit) {
+                Some(replacement) => out.extend_from_slice(&replacement),
+                None => out.extend_from_slice(unit),
+            }
+            start += unit.len();
+        }
+        self.pending.drain(..start);
+        out
+    }
+}
+
+/// An AMQP frame (type 0): its channel, and its body (performative and payload), if it has one
+/// whose performative is described by a small ulong code.
+fn parse(frame: &[u8]) -> Option<(u16, u8, &[u8])> {
+    if frame.len() < 8 || frame[5] != 0 {
+        return None;
+    }
+    let offset = usize::from(frame[4]) * 4;
+    let body = frame.get(offset..)?;
+    let channel = u16::from_be_bytes([frame[6], frame[7]]);
+    match body {
+        [0x00, 0x53, code, ..] => Some((channel, *code, body)),
+        _ => None,
+    }
+}
+
+/// An AMQP frame (type 0, no extended header) with `body`.
+fn frame(channel: u16, body: &[u8]) -> Vec<u8> {
+    let size = u32::try_from(8 + body.len()).unwrap_or(u32::MAX);
+    let mut frame = Vec::with_capacity(8 + body.len());
+    frame.extend_from_slice(&size.to_be_bytes());
+    frame.extend_from_slice(&[2, 0]);
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+fn inbound_frame(wire: &Wire, raw: &[u8]) -> Option<Vec<u8>> {
+    let (channel, code, body) = parse(raw)?;
+    match code {
+        OPEN => {
+            let mut open: Open = serde_amqp::from_slice(body).ok()?;
+            let size = open.max_frame_size.0;
+            if size < MIN_MAX_FRAME_SIZE + FRAME_MARGIN {
+                return None;
+            }
+            open.max_frame_size.0 = size - FRAME_MARGIN;
+            let body = serde_amqp::to_vec(&open).ok()?;
+            Some(frame(channel, &body))
+        }
+        DISPOSITION => {
+            let disposition: Disposition = serde_amqp::from_slice(body).ok()?;
+            if disposition.role != Role::Receiver {
+                return None;
+            }
+            let mut wire = wire.lock();
+            let engine_channel = *wire.channels.get(&channel)?;
+            let last = disposition.last.unwrap_or(disposition.first);
+            for key in wire.in_range(engine_channel, disposition.first, last) {
+                if disposition.settled {
+                    // The client settled by itself: nothing more to say about it.
+                    wire.forget(key);
+                } else if let Some(tracked) = wire.deliveries.get_mut(&key) {
+                    tracked.awaiting = true;
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+fn outbound_frame(wire: &Wire, raw: &[u8]) -> Option<Vec<u8>> {
+    let (channel, code, body) = parse(raw)?;
+    match code {
+        BEGIN => {
+            let begin: Begin = serde_amqp::from_slice(body).ok()?;
+            if let Some(remote) = begin.remote_channel {
+                wire.lock().channels.insert(remote, channel);
+            }
+            None
+        }
+        ATTACH => {
+            let attach: Attach = serde_amqp::from_slice(body).ok()?;
+            if attach.role == Role::Sender {
+                let second = matches!(
+                    attach.rcv_settle_mode,
+                    fe2o3_amqp::types::definitions::ReceiverSettleMode::Second
+                );
+                wire.lock()
+                    .second
+                    .insert((channel, attach.handle.0), second);
+            }
+            None
+        }
+        TRANSFER => rewrite_transfer(wire, channel, body),
+        DISPOSITION => {
+            let disposition: Disposition = serde_amqp::from_slice(body).ok()?;
+            if disposition.role != Role::Sender {
+                return None;
+            }
+            let mut wire = wire.lock();
+            let last = disposition.last.unwrap_or(disposition.first);
+            let keys = wire.in_range(channel, disposition.first, last);
+            let span = u64::from(last.wrapping_sub(disposition.first)) + 1;
+            let all_ours = !keys.is_empty()
+                && keys.len() as u64 == span
+                && keys
+                    .iter()
+                    .all(|k| wire.deliveries.get(k).is_some_and(|t| t.awaiting));
+            if !all_ours {
+                return None;
+            }
+            // fe2o3's echo of the client's own outcome: the emulator settles by itself.
+            for key in keys {
+                let done = match wire.deliveries.get_mut(&key) {
+                    Some(tracked) => {
+                        tracked.echo_seen = true;
+                        tracked.settled
+                    }
+                    None => false,
+                };
+                if done {
+                    wire.forget(key);
+                }
+            }
+            Some(Vec::new())
+        }
+        END => {
+            let mut wire = wire.lock();
+            let keys: Vec<_> = wire
+                .deliveries
+                .keys()
+                .filter(|(c, _)| *c == channel)
+                .copied()
+                .collect();
+            for key in keys {
+                wire.forget(key);
+            }
+            wire.second.retain(|(c, _), _| *c != channel);
+            wire.channels.retain(|_, c| *c != channel);
+            None
+        }
+        _ => None,
+    }
+}
+
+fn rewrite_transfer(wire: &Wire, channel: u16, body: &[u8]) -> Option<Vec<u8>> {
+    let performative_len = skip(body)?;
+    let mut transfer: Transfer = serde_amqp::from_slice(&body[..performative_len]).ok()?;
+    let delivery_id = transfer.delivery_id?;
+    transfer.delivery_tag.as_ref()?;
+    let payload = &body[performative_len..];
+    let (lock_token, header) = inspect_payload(payload)?;
+    let mut rewritten_payload = Vec::with_capacity(payload.len() + 16);
+    match header {
+        Some((len, fields)) => {
+            rewritten_payload.extend_from_slice(&encode_header(&fields));
+            rewritten_payload.extend_from_slice(&payload[len..]);
+        }
+        None => rewritten_payload.extend_from_slice(payload),
+    }
+    transfer.delivery_tag = Some(Binary::from(dotnet_guid_bytes(&lock_token).to_vec()));
+    let mut new_body = serde_amqp::to_vec(&transfer).ok()?;
+    new_body.extend_from_slice(&rewritten_payload);
+    {
+        let mut wire = wire.lock();
+        let second = wire
+            .second
+            .get(&(channel, transfer.handle.0))
+            .copied()
+            .unwrap_or(false);
+        let key = (channel, delivery_id);
+        wire.forget(key);
+        if let Some(old) = wire.by_token.insert(lock_token, key) {
+            wire.deliveries.remove(&old);
+        }
+        wire.deliveries.insert(
+            key,
+            Tracked {
+                lock_token,
+                second,
+                awaiting: false,
+                echo_seen: false,
+                settled: false,
+            },
+        );
+    }
+    Some(frame(channel, &new_body))
+}
+
+/// The fields of a message header, as decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeaderFields {
+    durable: bool,
+    priority: u8,
+    ttl: Option<u32>,
+    first_acquirer: bool,
+    delivery_count: u32,
+}
+
+/// The lock token from the message annotations, and the header section's length and fields,
+/// of a message payload (or as much of it as this frame holds).
+fn inspect_payload(payload: &[u8]) -> Option<(uuid::Uuid, Option<(usize, HeaderFields)>)> {
+    let mut at = 0;
+    let mut header = None;
+    let mut lock_token = None;
+    while at < payload.len() && lock_token.is_none() {
+        let section = &payload[at..];
+        let len = skip(section)?;
+        let [0x00, 0x53, code, ..] = section else {
+            return None;
+        };
+        let value = &section[3..len];
+        match *code {
+            0x70 => {
+                let header_value: fe2o3_amqp::types::messaging::Header =
+                    serde_amqp::from_slice(&section[..len]).ok()?;
+                header = Some((
+                    len,
+                    HeaderFields {
+                        durable: header_value.durable,
+                        priority: header_value.priority.0,
+                        ttl: header_value.ttl,
+                        first_acquirer: header_value.first_acquirer,
+                        delivery_count: header_value.delivery_count,
+                    },
+                ));
+            }
+            0x72 => {
+                let Ok(Value::Map(map)) = serde_amqp::from_slice::<Value>(value) else {
+                    return None;
+                };
+                lock_token = map.iter().find_map(|(k, v)| match (k, v) {
+                    (Value::Symbol(k), Value::Uuid(u)) if k.0 == "x-opt-lock-token" => {
+                        Some(uuid::Uuid::from_bytes(u.clone().into_inner()))
+                    }
+                    _ => None,
+                });
+                if lock_token.is_none() {
+                    return None;
+                }
+            }
+            // Delivery annotations may come between the header and the message annotations.
+            0x71 => {}
+            _ => return None,
+        }
+        at += len;
+    }
+    // Only the header at the very start is rewritten.
+    let header = header.filter(|_| payload.starts_with(&[0x00, 0x53, 0x70]));
+    Some((lock_token?, header))
+}
+
+/// A header with every field written out.
+fn encode_header(fields: &HeaderFields) -> Vec<u8> {
+    let boolean = |b: bool| if b { 0x41 } else { 0x42 };
+    let mut list = vec![5u8];
+    list.push(boolean(fields.durable));
+    list.extend_from_slice(&[0x50, fields.priority]);
+    match fields.ttl {
+        Some(ttl) => {
+            list.push(0x70);
+            list.extend_from_slice(&ttl.to_be_bytes());
+        }
+        None => list.push(0x40),
+    }
+    list.push(boolean(fields.first_acquirer));
+    list.push(0x70);
+    list.extend_from_slice(&fields.delivery_count.to_be_bytes());
+    let mut section = vec![0x00, 0x53, 0x70, 0xc0, list.len() as u8];
+    section.extend_from_slice(&list);
+    section
+}
+
+/// A GUID's bytes in .NET order: the first three groups little-endian.
+pub(crate) fn dotnet_guid_bytes(guid: &uuid::Uuid) -> [u8; 16] {
+    guid.to_bytes_le()
+}
+
+/// The encoded length of the AMQP value at the start of `bytes`, if it is all there.
+pub(crate) fn skip(bytes: &[u8]) -> Option<usize> {
+    let code = *bytes.first()?;
+    let sized = |width: usize| -> Option<usize> {
+        let size = match width {
+            1 => usize::from(*bytes.get(1)?),
+            _ => u32::from_be_bytes(bytes.get(1..5)?.try_into().ok()?) as usize,
+        };
+        Some(1 + width + size)
+    };
+    let len = match code {
+        0x00 => {
+            let descriptor = skip(bytes.get(1..)?)?;
+            let value = skip(bytes.get(1 + descriptor..)?)?;
+            1 + descriptor + value
+        }
+        0x40..=0x45 => 1,
+        0x50..=0x56 => 2,
+        0x60 | 0x61 => 3,
+        0x70..=0x74 => 5,
+        0x80..=0x84 => 9,
+        0x94 | 0x98 => 17,
+        0xa0 | 0xa1 | 0xa3 | 0xc0 | 0xc1 | 0xe0 => sized(1)?,
+        0xb0 | 0xb1 | 0xb3 | 0xd0 | 0xd1 | 0xf0 => sized(4)?,
+        _ => return None,
+    };
+    (bytes.len() >= len).then_some(len)
+}
+
+/// An encoded message with its header written out whole (for messages that go out inside a
+/// response body, such as peeked ones); unchanged if it does not start with a header.
+pub(crate) fn with_full_header(message: &[u8]) -> Vec<u8> {
+    if !message.starts_with(&[0x00, 0x53, 0x70]) {
+        return message.to_vec();
+    }
+    let Some(len) = skip(message) else {
+        return message.to_vec();
+    };
+    let Ok(header) =
+        serde_amqp::from_slice::<fe2o3_amqp::types::messaging::Header>(&message[..len])
+    else {
+        return message.to_vec();
+    };
+    let mut out = encode_header(&HeaderFields {
+        durable: header.durable,
+        priority: header.priority.0,
+        ttl: header.ttl,
+        first_acquirer: header.first_acquirer,
+        delivery_count: header.delivery_count,
+    });
+    out.extend_from_slice(&message[len..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_encoded_values() {
+        assert_eq!(skip(&[0x40]), Some(1));
+        assert_eq!(skip(&[0x52, 7]), Some(2));
+        assert_eq!(skip(&[0xa1, 2, b'h', b'i']), Some(4));
+        assert_eq!(skip(&[0xa1, 3, b'h', b'i']), None);
+        assert_eq!(skip(&[0x00, 0x53, 0x70, 0x45]), Some(4));
+        assert_eq!(skip(&[0xff]), None);
+        assert_eq!(skip(&[]), None);
+    }
+
+    #[test]
+    fn a_default_header_is_written_out_whole() {
+        let header = fe2o3_amqp::types::messaging::Header {
+            durable: true,
+            ..Default::default()
+        };
+        let encoded = serde_amqp::to_vec(&header).unwrap();
+        let fields = HeaderFields {
+            durable: true,
+            priority: 4,
+            ttl: None,
+            first_acquirer: false,
+            delivery_count: 0,
+        };
+        let full = encode_header(&fields);
+        assert!(full.len() > encoded.len());
+        let decoded: fe2o3_amqp::types::messaging::Header = serde_amqp::from_slice(&full).unwrap();
+        assert_eq!(decoded, header);
+        // Every field is there: a list of five.
+        assert_eq!(&full[3..6], &[0xc0, (full.len() - 5) as u8, 5]);
+    }
+
+    #[test]
+    fn guids_go_out_in_dotnet_order() {
+        let guid = uuid::Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap();
+        assert_eq!(
+            dotnet_guid_bytes(&guid),
+            [
+                0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+                0xee, 0xff
+            ]
+        );
+    }
+
+    #[test]
+    fn the_framer_splits_headers_and_frames_and_gives_up_on_garbage() {
+        let mut framer = Framer::default();
+        let mut seen = Vec::new();
+        let mut stream = b"AMQP\x00\x01\x00\x00".to_vec();
+        stream.extend_from_slice(&frame(3, &[0x00, 0x53, 0x18, 0x45]));
+        let (a, b) = stream.split_at(10);
+        let mut out = framer.push(a, |f| {
+            seen.push(f.to_vec());
+            None
+        });
+        out.extend(framer.push(b, |f| {
+            seen.push(f.to_vec());
+            None
+        }));
+        assert_eq!(out, stream);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            parse(&seen[0]).map(|(c, code, _)| (c, code)),
+            Some((3, 0x18))
+        );
+        let garbage = [0u8, 0, 0, 1, 9, 9];
+        assert_eq!(framer.push(&garbage, |_| None), garbage.to_vec());
+        assert!(framer.passthrough);
+        assert_eq!(framer.push(b"xyz", |_| None), b"xyz".to_vec());
+    }
+}
