@@ -28,13 +28,17 @@
 //!   entity deliveries and sends the emulator's own settled disposition instead
 //!   ([`Wire::settle`]): the outcome applied, or Rejected with
 //!   `com.microsoft:message-lock-lost` when the lock was gone, as the service does.
+//! - **The engine's `close` with an error**: written with all three fields of the error
+//!   (`condition`, `description`, `info`); fe2o3 leaves out the trailing empty ones, and
+//!   azure-sdk-for-python's `Connection._incoming_close` indexes all three (an `IndexError`
+//!   that takes the client down instead of the error).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fe2o3_amqp::types::definitions::{DeliveryNumber, Role};
 use fe2o3_amqp::types::messaging::DeliveryState;
-use fe2o3_amqp::types::performatives::{Attach, Begin, Disposition, Open, Transfer};
+use fe2o3_amqp::types::performatives::{Attach, Begin, Close, Disposition, Open, Transfer};
 use fe2o3_amqp::types::primitives::Value;
 use serde_amqp::primitives::Binary;
 use socket2::SockRef;
@@ -55,6 +59,7 @@ const ATTACH: u8 = 0x12;
 const TRANSFER: u8 = 0x14;
 const DISPOSITION: u8 = 0x15;
 const END: u8 = 0x17;
+const CLOSE: u8 = 0x18;
 
 /// An entity delivery the client has not settled.
 #[derive(Debug)]
@@ -358,6 +363,24 @@ fn outbound_frame(wire: &Wire, raw: &[u8]) -> Option<Vec<u8>> {
             None
         }
         TRANSFER => rewrite_transfer(wire, channel, body),
+        CLOSE => {
+            let close: Close = serde_amqp::from_slice(body).ok()?;
+            let error = close.error?;
+            let condition = serde_amqp::to_vec(&error.condition).ok()?;
+            let description = match &error.description {
+                Some(text) => encode_string(text),
+                None => encode_string(
+                    &serde_amqp::from_slice::<serde_amqp::primitives::Symbol>(&condition)
+                        .map_or_else(|_| "error".to_owned(), |symbol| symbol.0),
+                ),
+            };
+            let info = match &error.info {
+                Some(info) => serde_amqp::to_vec(info).ok()?,
+                None => vec![0x40],
+            };
+            let error = described(0x1d, &list(&[condition, description, info]));
+            Some(frame(channel, &described(CLOSE, &list(&[error]))))
+        }
         DISPOSITION => {
             let disposition: Disposition = serde_amqp::from_slice(body).ok()?;
             if disposition.role != Role::Sender {
@@ -537,6 +560,33 @@ fn encode_header(fields: &HeaderFields) -> Vec<u8> {
     section
 }
 
+/// A described value with a small-ulong descriptor.
+fn described(code: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x00, 0x53, code];
+    out.extend_from_slice(value);
+    out
+}
+
+/// A list of already-encoded values (list32: no size limits to mind).
+fn list(items: &[Vec<u8>]) -> Vec<u8> {
+    let content: Vec<u8> = items.concat();
+    let size = u32::try_from(content.len() + 4).unwrap_or(u32::MAX);
+    let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+    let mut out = vec![0xd0];
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&content);
+    out
+}
+
+/// A string (str32).
+fn encode_string(text: &str) -> Vec<u8> {
+    let mut out = vec![0xb1];
+    out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
 /// A GUID's bytes in .NET order: the first three groups little-endian.
 pub(crate) fn dotnet_guid_bytes(guid: &uuid::Uuid) -> [u8; 16] {
     guid.to_bytes_le()
@@ -631,6 +681,34 @@ mod tests {
         assert_eq!(decoded, header);
         // Every field is there: a list of five.
         assert_eq!(&full[3..6], &[0xc0, (full.len() - 5) as u8, 5]);
+    }
+
+    #[test]
+    fn a_close_error_goes_out_with_all_three_fields() {
+        let close = Close {
+            error: Some(fe2o3_amqp::types::definitions::Error::new(
+                fe2o3_amqp::types::definitions::AmqpError::InternalError,
+                None,
+                None,
+            )),
+        };
+        let body = serde_amqp::to_vec(&close).unwrap();
+        let wire = relay_state();
+        let rewritten = outbound_frame(&wire, &frame(0, &body)).unwrap();
+        let (_, code, body) = parse(&rewritten).unwrap();
+        assert_eq!(code, CLOSE);
+        let decoded: Close = serde_amqp::from_slice(body).unwrap();
+        let error = decoded.error.unwrap();
+        assert_eq!(error.description.as_deref(), Some("amqp:internal-error"));
+        // condition, description and an explicit null info.
+        assert_eq!(body[body.len() - 1], 0x40);
+    }
+
+    fn relay_state() -> Wire {
+        Wire {
+            state: Mutex::new(WireState::default()),
+            frames: mpsc::unbounded_channel().0,
+        }
     }
 
     #[test]

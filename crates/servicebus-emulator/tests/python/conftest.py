@@ -1,0 +1,90 @@
+"""Fixtures: the emulator binary, built once, started fresh for each test.
+
+The binary is built with cargo (in the workspace's target directory) and started with the
+topics and subscriptions a test needs; its first stdout line is a JSON object with the
+connection string. It is stopped with SIGTERM and must exit 0.
+"""
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "keyvault-invalidator-servicebus-emulator"
+WORKSPACE = Path(__file__).resolve().parents[4]
+TOPIC = "keyvault-events"
+SUBSCRIPTION = "check"
+MAX_DELIVERY_COUNT = 3
+
+
+@pytest.fixture(scope="session")
+def emulator_binary() -> str:
+    """Builds the binary once; its path, as cargo reports it."""
+    build = subprocess.run(
+        ["cargo", "build", "-q", "-p", PACKAGE, "--bin", PACKAGE, "--message-format=json"],
+        cwd=WORKSPACE,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=1800,
+    )
+    for line in build.stdout.splitlines():
+        message = json.loads(line)
+        if message.get("reason") == "compiler-artifact" and message.get("executable"):
+            if message["target"]["name"] == PACKAGE:
+                return message["executable"]
+    raise RuntimeError("cargo did not report the emulator's executable")
+
+
+class Emulator:
+    def __init__(self, binary: str, args: list[str]):
+        self.process = subprocess.Popen(
+            [binary, *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.kill()
+            raise RuntimeError(f"the emulator exited with {self.process.wait()} before it started")
+        self.info = json.loads(line)
+        self.connection_string = self.info["connection_string"]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+@pytest.fixture
+def start_emulator(emulator_binary):
+    """Starts emulators with the given arguments; stops them after the test (exit 0)."""
+    started = []
+
+    def start(*args: str) -> Emulator:
+        emulator = Emulator(emulator_binary, list(args))
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        assert emulator.stop() == 0
+
+
+@pytest.fixture
+def emulator(start_emulator) -> Emulator:
+    """One topic with one subscription, MaxDeliveryCount 3, a 30 s lock."""
+    return start_emulator(
+        "--topic", TOPIC,
+        "--subscription", SUBSCRIPTION,
+        "--max-delivery-count", str(MAX_DELIVERY_COUNT),
+        "--lock-duration", "30",
+    )
