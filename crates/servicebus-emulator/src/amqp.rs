@@ -417,7 +417,7 @@ pub(crate) fn unauthorized(claim: &str) -> definitions::Error {
 }
 
 /// The error a link is detached with once its authorisation expired, as the service does.
-fn token_expired() -> definitions::Error {
+pub(crate) fn token_expired() -> definitions::Error {
     definitions::Error::new(
         AmqpError::UnauthorizedAccess,
         Some("The token has expired: the link is detached. Put a new token on $cbs and attach again.".to_owned()),
@@ -760,11 +760,8 @@ async fn topic_link(mut receiver: Receiver, target: String, topic: String, conn:
         };
         let delivery = match delivery {
             Ok(delivery) => delivery,
-            Err(_) => {
-                // Detached or closed by the client, or a malformed transfer: end the link.
-                let _ = receiver.close().await;
-                return;
-            }
+            // Detached or closed by the client, or a malformed transfer: the link ends.
+            Err(_) => return,
         };
         if !conn.authorised(&topic) {
             let _ = receiver.close_with_error(token_expired()).await;
@@ -799,7 +796,6 @@ async fn topic_link(mut receiver: Receiver, target: String, topic: String, conn:
                 .await
         };
         if result.is_err() {
-            let _ = receiver.close().await;
             return;
         }
     }

@@ -76,7 +76,25 @@ pub(crate) async fn requests(
             return;
         }
     }
-    while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
+    let mut recheck = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let delivery = tokio::select! {
+            delivery = receiver.recv::<Body<Value>>() => delivery,
+            _ = recheck.tick() => {
+                // A `$management` link whose authorisation expired is detached, as the
+                // service does with every entity link.
+                if let Address::Management(entity) = &address {
+                    if !conn.authorised(&entity.path()) {
+                        let _ = receiver.close_with_error(amqp::token_expired()).await;
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        let Ok(delivery) = delivery else {
+            return;
+        };
         if address == Address::Cbs
             && string_property(delivery.message(), "operation") == "put-token"
             && conn.shared.lock().take_put_token_to_leave_unanswered()

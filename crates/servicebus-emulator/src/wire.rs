@@ -524,9 +524,7 @@ fn inspect_payload(payload: &[u8]) -> Option<(uuid::Uuid, Option<(usize, HeaderF
                     }
                     _ => None,
                 });
-                if lock_token.is_none() {
-                    return None;
-                }
+                lock_token?;
             }
             // Delivery annotations may come between the header and the message annotations.
             0x71 => {}
