@@ -539,6 +539,8 @@ async fn a_lock_the_service_reports_lost_is_not_settled_and_the_redelivery_is() 
             .any(|r| r.locked_until.is_none())
     })
     .await;
+    // The answer reaches the source a moment after the emulator recorded it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     cache.release();
     eventually("the redelivery is invalidated and completed", || {
         cache.invalidated().len() == 2 && handle.stats().completed == 2

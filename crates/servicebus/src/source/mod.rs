@@ -100,10 +100,11 @@ struct Inner {
 struct Token {
     generation: u64,
     delivery: DeliveryInfo,
-    /// The lock, renewed while the delivery is in flight; `None` when the message named no
-    /// lock token.
+    /// The lock, renewed while the delivery is in flight; `None` when the message did not
+    /// name its lock token and its end.
     lock: Option<HeldLock>,
-    /// The lock's end when it cannot be renewed (no lock token).
+    /// The lock's end as the message gave it, for a lock that cannot be renewed; `None`:
+    /// unknown, and the settlement is sent.
     locked_until: Option<SystemTime>,
 }
 
@@ -318,14 +319,16 @@ impl ServiceBusSource {
         renewer: &Arc<LinkLocks>,
     ) -> Delivery {
         let received = message::read(delivery.message());
-        let lock = received.lock_token.as_ref().map(|token| {
-            HeldLock::hold(
+        // Renewable only when the message says both which lock it holds and until when.
+        let lock = match (&received.lock_token, received.locked_until) {
+            (Some(token), Some(until)) => Some(HeldLock::hold(
                 renewer.clone(),
                 message::format_uuid(token),
-                received.locked_until.unwrap_or_else(SystemTime::now),
+                until,
                 self.inner.config.lock_renewal(),
-            )
-        });
+            )),
+            _ => None,
+        };
         Delivery {
             body: Bytes::from(received.body),
             properties: received.properties,
