@@ -1,4 +1,9 @@
 //! The Service Bus emulator's AMQP endpoint, driven by the real `azure_core_amqp` client.
+//!
+//! The tests run on a current-thread runtime: the client's engine, `fe2o3-amqp` 0.14, can lose
+//! the answer to a request on a multi-threaded runtime (it records the request only after
+//! handing it over), and a `$cbs` put-token then waits forever. `crates/servicebus` avoids it
+//! the same way, with a single-threaded runtime per connection.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -291,7 +296,7 @@ fn connection_strings_name_the_amqp_port_and_the_policy() {
     assert!(!emulator.connection_string(None).contains("EntityPath"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_valid_sas_token_authorises_and_the_message_arrives_exactly() {
     let emulator = emulator().await;
     let body_json = br#"{"id":"e1","eventType":"Microsoft.KeyVault.SecretNewVersionCreated"}"#;
@@ -351,7 +356,7 @@ async fn a_valid_sas_token_authorises_and_the_message_arrives_exactly() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn an_invalid_sas_token_is_answered_401() {
     let emulator = emulator().await;
     let client = within(Client::connect(&emulator)).await;
@@ -388,7 +393,7 @@ async fn an_invalid_sas_token_is_answered_401() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_jwt_must_be_the_bearer_token_and_a_rejection_can_be_injected() {
     let emulator = emulator().await;
     let client = within(Client::connect(&emulator)).await;
@@ -427,7 +432,7 @@ async fn a_jwt_must_be_the_bearer_token_and_a_rejection_can_be_injected() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_released_message_comes_back_with_the_same_delivery_count() {
     let emulator = emulator().await;
     emulator.publish_message(TOPIC, b"{\"n\":1}", BTreeMap::new(), Some("m-1".to_owned()));
@@ -464,7 +469,7 @@ async fn a_released_message_comes_back_with_the_same_delivery_count() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_rejected_message_is_dead_lettered_without_a_reason() {
     let emulator = emulator().await;
     emulator.publish(TOPIC, b"not json", BTreeMap::new());
@@ -489,7 +494,7 @@ async fn a_rejected_message_is_dead_lettered_without_a_reason() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn releasing_more_than_max_delivery_count_times_never_dead_letters() {
     let emulator = emulator_with(SubscriptionSettings {
         max_delivery_count: 3,
@@ -522,7 +527,7 @@ async fn releasing_more_than_max_delivery_count_times_never_dead_letters() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_settlement_after_the_lock_expired_is_lost_and_the_message_comes_back() {
     let emulator = emulator().await;
     emulator.publish(TOPIC, b"slow", BTreeMap::new());
@@ -557,7 +562,7 @@ async fn a_settlement_after_the_lock_expired_is_lost_and_the_message_comes_back(
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_short_lock_runs_out_by_itself_and_the_message_is_redelivered() {
     let emulator = emulator_with(SubscriptionSettings {
         lock_duration: StdDuration::from_millis(300),
@@ -577,7 +582,7 @@ async fn a_short_lock_runs_out_by_itself_and_the_message_is_redelivered() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_link_without_authorisation_is_refused_and_an_unknown_subscription_is_not_found() {
     let emulator = emulator().await;
     emulator.publish(TOPIC, b"secret", BTreeMap::new());
@@ -612,7 +617,7 @@ async fn a_link_without_authorisation_is_refused_and_an_unknown_subscription_is_
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_message_published_while_the_receiver_waits_arrives() {
     let emulator = emulator().await;
     let client = within(Client::connect(&emulator)).await;
@@ -630,7 +635,7 @@ async fn a_message_published_while_the_receiver_waits_arrives() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn dropped_connections_fail_the_receive_and_leave_the_lock_to_expire() {
     let emulator = emulator().await;
     emulator.publish(TOPIC, b"in flight", BTreeMap::new());
@@ -661,7 +666,7 @@ async fn dropped_connections_fail_the_receive_and_leave_the_lock_to_expire() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn links_can_be_detached_with_an_error() {
     let emulator = emulator().await;
     let client = within(Client::connect(&emulator)).await;

@@ -244,7 +244,7 @@ impl ConformanceTarget for Live {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn the_service_bus_source_passes_the_conformance_suite_on_a_live_namespace() {
     let Some(live) = Live::from_environment() else {
         eprintln!(
