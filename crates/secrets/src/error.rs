@@ -59,7 +59,9 @@ pub struct ProviderFailure {
 
 /// The [`source`](std::error::Error::source) of a [`ProviderError`] returned by a
 /// [`SecretStore`](crate::SecretStore): every provider's answer, in the order they were asked.
-/// The error's message already lists them; this is for code that wants to inspect them.
+/// The error's message already lists them; this is for code that wants to inspect them. Its
+/// own `source` is the provider error that decided the store's answer (the critical or first
+/// failure), so walking the chain reaches the SDK's error.
 ///
 /// ```
 /// use keyvault_invalidator_core::{ProviderErrorKind, SecretProvider};
@@ -78,16 +80,23 @@ pub struct ProviderFailure {
 #[derive(Debug)]
 pub struct StoreFailures {
     failures: Vec<ProviderFailure>,
+    decisive: Option<usize>,
 }
 
 impl StoreFailures {
-    pub(crate) fn new(failures: Vec<ProviderFailure>) -> Self {
-        StoreFailures { failures }
+    pub(crate) fn new(failures: Vec<ProviderFailure>, decisive: Option<usize>) -> Self {
+        StoreFailures { failures, decisive }
     }
 
     /// Each provider's answer, in order.
     pub fn failures(&self) -> &[ProviderFailure] {
         &self.failures
+    }
+
+    /// The answer that decided the store's error: the critical failure, or the first failure
+    /// that was not a miss. `None` when every provider only missed.
+    pub fn decisive(&self) -> Option<&ProviderFailure> {
+        self.decisive.and_then(|i| self.failures.get(i))
     }
 }
 
@@ -98,4 +107,9 @@ impl fmt::Display for StoreFailures {
     }
 }
 
-impl std::error::Error for StoreFailures {}
+impl std::error::Error for StoreFailures {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.decisive()
+            .map(|f| &f.error as &(dyn std::error::Error + 'static))
+    }
+}

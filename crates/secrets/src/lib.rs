@@ -6,9 +6,12 @@
 //! - [`EnvProvider`]: environment variables (`ServiceBus:ConnectionString` reads
 //!   `SERVICEBUS_CONNECTIONSTRING`).
 //! - [`StaticProvider`]: fixed in-memory values.
-//! - [`SecretStore`]: providers asked in order, with per-provider name mapping; critical errors
-//!   (access denied) are never papered over; [`SecretStore::connection_string`] reads a
-//!   connection string in one line.
+//! - [`SecretStore`]: providers asked in order, with per-provider name mapping; only *not
+//!   found* moves on to the next provider, while throttled, transient and critical errors are
+//!   returned as they are (so a cache above serves its stale value rather than a default),
+//!   except that providers added with [`SecretStoreBuilder::fallback`] are also asked after a
+//!   non-critical failure; [`SecretStore::connection_string`] reads a connection string in one
+//!   line.
 //!
 //! Every provider implements [`SecretProvider`](keyvault_invalidator_core::SecretProvider), so
 //! any of them, or a store of them, can sit under the cache the invalidation job keeps fresh.

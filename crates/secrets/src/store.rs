@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use keyvault_invalidator_core::secrecy::{ExposeSecret, SecretString};
@@ -19,19 +18,23 @@ use crate::error::{ProviderFailure, StoreFailures};
 ///
 /// - a value ends the search;
 /// - **not found** or **invalid name** (the name cannot exist there) moves on to the next
-///   provider;
+///   provider: only an answer that the secret is not there lets a later provider answer;
 /// - a **critical** error ([`ProviderError::is_critical`]: access denied, authentication) stops
 ///   the search at once and is returned: a vault that refuses us must never be papered over by a
-///   value from a provider further down;
-/// - any other failure (throttled, transient, other) is logged and the search moves on, so a
-///   later provider can still answer.
+///   value from a provider further down, fallback or not;
+/// - any other failure (**throttled**, **transient**, other) also stops the search and is
+///   returned with its kind as it is (a throttled error keeps its exact `Retry-After`), so the
+///   cache above serves its stale value and retries, instead of holding a default for a whole
+///   TTL because Key Vault answered one 503 or 429. Providers added with
+///   [`SecretStoreBuilder::fallback`] are the exception: they are still asked, in order, after
+///   such a failure (and, like any provider, after a miss).
 ///
 /// When no provider answers, the one error returned lists every provider's answer in its message
-/// (`[label] kind: message; ...`), and carries them as a [`StoreFailures`] source. Its kind:
-/// `AccessDenied` after a critical error; `NotFound` (or `InvalidName` when every provider
-/// rejected the name) when nothing failed otherwise; else the failures' kind when they agree,
-/// `Throttled` (with the longest `Retry-After` announced) when all were retryable and one was
-/// throttled, `Transient` when all were transient, and `Other` when any was not retryable.
+/// (`[label] kind: message; ...`), and carries them as a [`StoreFailures`] source, whose own
+/// source is the decisive provider error (so the chain reaches the SDK's error). Its kind: the
+/// critical error's (`AccessDenied`) after one; else the first failure's kind, unchanged, when a
+/// provider failed (fallbacks that also failed or missed do not change it); else `NotFound` (or
+/// `InvalidName` when every provider rejected the name).
 ///
 /// A store is itself a [`SecretProvider`], so it can sit under a cache. Clones share the
 /// providers. Nothing is ever logged about values.
@@ -63,6 +66,9 @@ struct Source {
     provider: Arc<dyn SecretProvider>,
     /// The name this provider is asked for, given the name asked of the store.
     names: NameMapping,
+    /// Asked even after an earlier provider failed (not critically): see
+    /// [`SecretStoreBuilder::fallback`].
+    fallback: bool,
 }
 
 impl SecretStore {
@@ -98,29 +104,41 @@ impl SecretProvider for SecretStore {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
         crate::error::reject_blank(name)?;
         let mut answers = Vec::new();
+        // The first non-miss failure: once set, only fallback providers are asked, and it
+        // decides the error's kind if none of them answers.
+        let mut failed: Option<usize> = None;
         for source in self.sources.iter() {
+            if failed.is_some() && !source.fallback {
+                continue;
+            }
             let asked = source.names.apply(name);
             match source.provider.get_secret(&asked).await {
                 Ok(secret) => {
-                    tracing::debug!(secret = name, provider = %source.label, "secret read");
+                    if failed.is_some() {
+                        tracing::warn!(secret = name, provider = %source.label, "secret read from a fallback provider after a failure");
+                    } else {
+                        tracing::debug!(secret = name, provider = %source.label, "secret read");
+                    }
                     return Ok(secret);
                 }
                 Err(error) if error.is_critical() => {
                     tracing::debug!(secret = name, provider = %source.label, kind = %error.kind, "critical failure; not asking further providers");
                     answers.push(failure(source, error));
-                    return Err(aggregate(name, answers));
+                    let decisive = answers.len() - 1;
+                    return Err(aggregate(name, answers, Some(decisive)));
                 }
                 Err(error) if is_miss(&error) => {
                     tracing::debug!(secret = name, provider = %source.label, kind = %error.kind, "not there; asking the next provider");
                     answers.push(failure(source, error));
                 }
                 Err(error) => {
-                    tracing::warn!(secret = name, provider = %source.label, kind = %error.kind, error = %error.message, "provider failed; asking the next provider");
+                    tracing::warn!(secret = name, provider = %source.label, kind = %error.kind, error = %error.message, "provider failed; only fallback providers are asked now");
                     answers.push(failure(source, error));
+                    failed.get_or_insert(answers.len() - 1);
                 }
             }
         }
-        Err(aggregate(name, answers))
+        Err(aggregate(name, answers, failed))
     }
 }
 
@@ -138,8 +156,13 @@ fn is_miss(error: &ProviderError) -> bool {
     )
 }
 
-fn aggregate(name: &str, answers: Vec<ProviderFailure>) -> ProviderError {
-    let kind = aggregate_kind(&answers);
+/// The store's error. `decisive` is the index in `answers` of the failure that decides the
+/// kind (the critical one, or the first non-miss failure); `None` when every answer was a miss.
+fn aggregate(name: &str, answers: Vec<ProviderFailure>, decisive: Option<usize>) -> ProviderError {
+    let kind = match decisive {
+        Some(index) => answers[index].error.kind,
+        None => miss_kind(&answers),
+    };
     let listed: Vec<String> = answers
         .iter()
         .map(|a| {
@@ -164,48 +187,19 @@ fn aggregate(name: &str, answers: Vec<ProviderFailure>) -> ProviderError {
         };
         format!("{summary}: {}", listed.join("; "))
     };
-    ProviderError::new(name, kind, message).with_source(StoreFailures::new(answers))
+    ProviderError::new(name, kind, message).with_source(StoreFailures::new(answers, decisive))
 }
 
-fn aggregate_kind(answers: &[ProviderFailure]) -> ProviderErrorKind {
-    if answers.iter().any(|a| a.error.is_critical()) {
-        return ProviderErrorKind::AccessDenied;
-    }
-    let failures: Vec<&ProviderError> = answers
-        .iter()
-        .map(|a| &a.error)
-        .filter(|e| !is_miss(e))
-        .collect();
-    if failures.is_empty() {
-        let all_invalid = !answers.is_empty()
-            && answers
-                .iter()
-                .all(|a| a.error.kind == ProviderErrorKind::InvalidName);
-        return if all_invalid {
-            ProviderErrorKind::InvalidName
-        } else {
-            ProviderErrorKind::NotFound
-        };
-    }
-    if failures.iter().all(|e| e.kind == failures[0].kind) {
-        return failures[0].kind;
-    }
-    if !failures.iter().all(|e| e.is_retryable()) {
-        return ProviderErrorKind::Other;
-    }
-    let throttled: Vec<Option<Duration>> = failures
-        .iter()
-        .filter_map(|e| match e.kind {
-            ProviderErrorKind::Throttled { retry_after } => Some(retry_after),
-            _ => None,
-        })
-        .collect();
-    if throttled.is_empty() {
-        ProviderErrorKind::Transient
+/// The kind when every provider missed: `InvalidName` only when every one rejected the name.
+fn miss_kind(answers: &[ProviderFailure]) -> ProviderErrorKind {
+    let all_invalid = !answers.is_empty()
+        && answers
+            .iter()
+            .all(|a| a.error.kind == ProviderErrorKind::InvalidName);
+    if all_invalid {
+        ProviderErrorKind::InvalidName
     } else {
-        ProviderErrorKind::Throttled {
-            retry_after: throttled.into_iter().flatten().max(),
-        }
+        ProviderErrorKind::NotFound
     }
 }
 
@@ -267,15 +261,69 @@ impl SecretStoreBuilder {
     /// Adds `provider`, asking it for the mapped name instead of the store's: for example
     /// `NameMapping::replace(":", "--")` for Key Vault, whose names cannot hold `:`.
     pub fn add_with_names(
-        mut self,
+        self,
         label: impl Into<String>,
         provider: impl SecretProvider + 'static,
         names: NameMapping,
     ) -> Self {
+        self.push(label.into(), Arc::new(provider), names, false)
+    }
+
+    /// Adds `provider` as a **fallback**, asked after those added before: like any provider
+    /// when they do not have the secret, and also when one of them *failed* (throttled,
+    /// transient, other), but never after a critical error (access denied).
+    ///
+    /// Choose it knowingly: a value served by a fallback during a Key Vault outage is what a
+    /// cache above the store then holds for its TTL, instead of serving its last good (stale)
+    /// value. Without fallbacks, such a failure is returned as it is. After a failure, only
+    /// fallback providers are asked; ordinary ones added after it are skipped.
+    ///
+    /// ```
+    /// use keyvault_invalidator_core::{secrecy::ExposeSecret, ProviderErrorKind, SecretProvider};
+    /// use keyvault_invalidator_secrets::{SecretStore, StaticProvider};
+    /// use keyvault_invalidator_testkit::InMemoryVault;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let vault = InMemoryVault::new();
+    /// vault.fail_next(1, ProviderErrorKind::Transient); // a Key Vault 503, say
+    /// let store = SecretStore::builder()
+    ///     .add("key-vault", vault)
+    ///     .fallback("defaults", StaticProvider::new([("feature-flags", "{}")]))
+    ///     .build();
+    /// let secret = store.get_secret("feature-flags").await.unwrap();
+    /// assert_eq!(secret.value().expose_secret(), "{}");
+    /// # }
+    /// ```
+    pub fn fallback(
+        self,
+        label: impl Into<String>,
+        provider: impl SecretProvider + 'static,
+    ) -> Self {
+        self.fallback_with_names(label, provider, NameMapping::identity())
+    }
+
+    /// [`fallback`](Self::fallback) with a name mapping, as [`add_with_names`](Self::add_with_names).
+    pub fn fallback_with_names(
+        self,
+        label: impl Into<String>,
+        provider: impl SecretProvider + 'static,
+        names: NameMapping,
+    ) -> Self {
+        self.push(label.into(), Arc::new(provider), names, true)
+    }
+
+    fn push(
+        mut self,
+        label: String,
+        provider: Arc<dyn SecretProvider>,
+        names: NameMapping,
+        fallback: bool,
+    ) -> Self {
         self.sources.push(Source {
-            label: label.into(),
-            provider: Arc::new(provider),
+            label,
+            provider,
             names,
+            fallback,
         });
         self
     }

@@ -1,5 +1,5 @@
-//! The secret store: order, fall-through, critical errors, aggregation, name mapping, connection
-//! strings. Call counts come from the testkit's `InMemoryVault` and a counting wrapper.
+//! The secret store: order, fall-through on misses only, failures returned as they are,
+//! fallback providers, critical errors, aggregation, name mapping, connection strings. Call counts come from the testkit's `InMemoryVault` and a counting wrapper.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -166,51 +166,160 @@ async fn a_critical_error_stops_the_search_and_surfaces() {
 }
 
 #[tokio::test]
-async fn a_non_critical_failure_moves_on_and_a_later_value_wins() {
+async fn a_throttled_vault_is_returned_with_its_retry_after_and_the_static_provider_is_not_asked() {
     let vault = InMemoryVault::new();
-    let fallback = InMemoryVault::new();
-    vault.fail_next(1, ProviderErrorKind::Transient);
-    fallback.set("db-password", "from-fallback");
+    vault.set("db-password", VALUE);
+    let retry_after = Some(Duration::from_millis(7_250));
+    vault.fail_next(1, ProviderErrorKind::Throttled { retry_after });
+    let defaults = Counting::new(StaticProvider::new([("db-password", "default")]));
     let store = SecretStore::builder()
         .add("key-vault", vault.clone())
-        .add("fallback", fallback.clone())
-        .build();
-
-    let secret = store.get_secret("db-password").await.unwrap();
-
-    assert_eq!(secret.value().expose_secret(), "from-fallback");
-    assert_eq!(vault.calls("db-password"), 1);
-    assert_eq!(fallback.calls("db-password"), 1);
-}
-
-#[tokio::test]
-async fn several_failures_are_reported_together() {
-    let a = InMemoryVault::new();
-    let b = InMemoryVault::new();
-    let c = InMemoryVault::new();
-    a.fail_next(1, ProviderErrorKind::Transient);
-    b.fail_next(
-        1,
-        ProviderErrorKind::Throttled {
-            retry_after: Some(Duration::from_secs(2)),
-        },
-    );
-    let store = SecretStore::builder()
-        .add("a", a.clone())
-        .add("b", b.clone())
-        .add("c", c.clone())
+        .add("defaults", defaults.clone())
         .build();
 
     let error = store.get_secret("db-password").await.unwrap_err();
 
-    // All retryable, one throttled: the caller should wait as long as the vault asked.
-    assert_eq!(
-        error.kind,
-        ProviderErrorKind::Throttled {
-            retry_after: Some(Duration::from_secs(2))
-        }
-    );
+    assert_eq!(error.kind, ProviderErrorKind::Throttled { retry_after });
     assert!(error.is_retryable());
+    assert_eq!(
+        error.message,
+        "no provider could read it: [key-vault] throttled (retry after 7250 ms): injected failure"
+    );
+    assert_eq!(vault.calls("db-password"), 1);
+    assert_eq!(defaults.calls(), 0);
+    // The chain goes store error -> StoreFailures -> the vault's own error.
+    let decisive = failures(&error).decisive().expect("a decisive failure");
+    assert_eq!(decisive.provider, "key-vault");
+    let chained = std::error::Error::source(failures(&error))
+        .and_then(|e| e.downcast_ref::<ProviderError>())
+        .expect("StoreFailures' source is the vault's error");
+    assert_eq!(chained.kind, ProviderErrorKind::Throttled { retry_after });
+}
+
+#[tokio::test]
+async fn transient_and_other_failures_are_returned_as_they_are() {
+    for kind in [ProviderErrorKind::Transient, ProviderErrorKind::Other] {
+        let vault = InMemoryVault::new();
+        vault.set("db-password", VALUE);
+        vault.fail_next(1, kind);
+        let defaults = Counting::new(StaticProvider::new([("db-password", "default")]));
+        let store = SecretStore::builder()
+            .add("key-vault", vault.clone())
+            .add("defaults", defaults.clone())
+            .build();
+
+        let error = store.get_secret("db-password").await.unwrap_err();
+
+        assert_eq!(error.kind, kind);
+        assert_eq!(error.is_retryable(), kind == ProviderErrorKind::Transient);
+        assert_eq!(defaults.calls(), 0, "{kind}");
+        assert_eq!(failures(&error).failures().len(), 1);
+        // The next call reaches the vault again: nothing was held back.
+        let secret = store.get_secret("db-password").await.unwrap();
+        assert_eq!(secret.value().expose_secret(), VALUE);
+        assert_eq!(defaults.calls(), 0, "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn not_found_in_the_vault_asks_the_static_provider_exactly_once() {
+    let vault = InMemoryVault::new();
+    let defaults = Counting::new(StaticProvider::new([("db-password", "default")]));
+    let store = SecretStore::builder()
+        .add("key-vault", vault.clone())
+        .add("defaults", defaults.clone())
+        .build();
+
+    let secret = store.get_secret("db-password").await.unwrap();
+
+    assert_eq!(secret.value().expose_secret(), "default");
+    assert_eq!(vault.calls("db-password"), 1);
+    assert_eq!(defaults.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_fallback_provider_answers_after_a_transient_failure() {
+    let vault = InMemoryVault::new();
+    vault.set("db-password", VALUE);
+    vault.fail_next(1, ProviderErrorKind::Transient);
+    let defaults = Counting::new(StaticProvider::new([("db-password", "default")]));
+    let store = SecretStore::builder()
+        .add("key-vault", vault.clone())
+        .fallback("defaults", defaults.clone())
+        .build();
+
+    let secret = store.get_secret("db-password").await.unwrap();
+
+    assert_eq!(secret.value().expose_secret(), "default");
+    assert_eq!(vault.calls("db-password"), 1);
+    assert_eq!(defaults.calls(), 1);
+    assert_eq!(
+        store.providers().collect::<Vec<_>>(),
+        ["key-vault", "defaults"]
+    );
+}
+
+#[tokio::test]
+async fn a_fallback_provider_is_never_asked_after_a_critical_error() {
+    let vault = InMemoryVault::new();
+    vault.fail_next(1, ProviderErrorKind::AccessDenied);
+    let defaults = Counting::new(StaticProvider::new([("db-password", "default")]));
+    let store = SecretStore::builder()
+        .add("key-vault", vault.clone())
+        .fallback("defaults", defaults.clone())
+        .build();
+
+    let error = store.get_secret("db-password").await.unwrap_err();
+
+    assert_eq!(error.kind, ProviderErrorKind::AccessDenied);
+    assert_eq!(defaults.calls(), 0);
+}
+
+#[tokio::test]
+async fn after_a_failure_only_fallback_providers_are_asked() {
+    let vault = InMemoryVault::new();
+    vault.fail_next(
+        1,
+        ProviderErrorKind::Throttled {
+            retry_after: Some(Duration::from_secs(3)),
+        },
+    );
+    let ordinary = Counting::new(StaticProvider::new([("db-password", "ordinary")]));
+    let missing = Counting::new(StaticProvider::default());
+    let fallback = Counting::new(StaticProvider::new([("db-password", "fallback")]));
+    let store = SecretStore::builder()
+        .add("key-vault", vault.clone())
+        .add("ordinary", ordinary.clone())
+        .fallback("missing", missing.clone())
+        .fallback("fallback", fallback.clone())
+        .build();
+
+    let secret = store.get_secret("db-password").await.unwrap();
+
+    assert_eq!(secret.value().expose_secret(), "fallback");
+    assert_eq!(
+        (ordinary.calls(), missing.calls(), fallback.calls()),
+        (0, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn fallbacks_that_miss_or_fail_keep_the_first_failures_kind() {
+    let vault = InMemoryVault::new();
+    let retry_after = Some(Duration::from_secs(3));
+    vault.fail_next(1, ProviderErrorKind::Throttled { retry_after });
+    let failing = InMemoryVault::new();
+    failing.fail_next(1, ProviderErrorKind::Transient);
+    let missing = Counting::new(StaticProvider::default());
+    let store = SecretStore::builder()
+        .add("key-vault", vault.clone())
+        .fallback("failing", failing.clone())
+        .fallback("missing", missing.clone())
+        .build();
+
+    let error = store.get_secret("db-password").await.unwrap_err();
+
+    assert_eq!(error.kind, ProviderErrorKind::Throttled { retry_after });
     assert!(
         error.message.starts_with("no provider could read it: "),
         "{}",
@@ -219,18 +328,22 @@ async fn several_failures_are_reported_together() {
     assert!(
         error
             .message
-            .contains("[a] transient failure: injected failure"),
+            .contains("[key-vault] throttled (retry after 3000 ms): injected failure"),
         "{}",
         error.message
     );
     assert!(
         error
             .message
-            .contains("[b] throttled (retry after 2000 ms): injected failure"),
+            .contains("[failing] transient failure: injected failure"),
         "{}",
         error.message
     );
-    assert!(error.message.contains("[c] not found"), "{}", error.message);
+    assert!(
+        error.message.contains("[missing] not found"),
+        "{}",
+        error.message
+    );
     let kinds: Vec<ProviderErrorKind> = failures(&error)
         .failures()
         .iter()
@@ -239,21 +352,58 @@ async fn several_failures_are_reported_together() {
     assert_eq!(
         kinds,
         [
+            ProviderErrorKind::Throttled { retry_after },
             ProviderErrorKind::Transient,
-            ProviderErrorKind::Throttled {
-                retry_after: Some(Duration::from_secs(2))
-            },
             ProviderErrorKind::NotFound
         ]
     );
-    assert_eq!(
-        (a.total_calls(), b.total_calls(), c.total_calls()),
-        (1, 1, 1)
-    );
+    assert_eq!(failures(&error).decisive().unwrap().provider, "key-vault");
+    assert_eq!((failing.total_calls(), missing.calls()), (1, 1));
 }
 
 #[tokio::test]
-async fn a_critical_error_after_failures_lists_them_all() {
+async fn a_provider_errors_source_chain_is_kept() {
+    let store = SecretStore::builder()
+        .add("key-vault", WithSource)
+        .add(
+            "defaults",
+            StaticProvider::new([("db-password", "default")]),
+        )
+        .build();
+
+    let error = store.get_secret("db-password").await.unwrap_err();
+
+    assert_eq!(error.kind, ProviderErrorKind::Transient);
+    let mut chain = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        next = e.source();
+    }
+    assert_eq!(chain.len(), 4, "{chain:?}");
+    assert_eq!(chain[1], "1 provider answer(s)");
+    assert_eq!(
+        chain[2],
+        "secret `db-password`: transient failure: the vault answered 503"
+    );
+    assert_eq!(chain[3], "service unavailable");
+}
+
+/// Fails like the Key Vault provider does on a 503: transient, with the SDK's error as source.
+struct WithSource;
+
+#[async_trait]
+impl SecretProvider for WithSource {
+    async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
+        Err(
+            ProviderError::new(name, ProviderErrorKind::Transient, "the vault answered 503")
+                .with_source(std::io::Error::other("service unavailable")),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_critical_error_from_a_fallback_after_a_failure_lists_them_all() {
     let a = InMemoryVault::new();
     let b = InMemoryVault::new();
     let c = InMemoryVault::new();
@@ -262,8 +412,8 @@ async fn a_critical_error_after_failures_lists_them_all() {
     c.set("db-password", "never-reached");
     let store = SecretStore::builder()
         .add("a", a.clone())
-        .add("b", b.clone())
-        .add("c", c.clone())
+        .fallback("b", b.clone())
+        .fallback("c", c.clone())
         .build();
 
     let error = store.get_secret("db-password").await.unwrap_err();
@@ -277,29 +427,38 @@ async fn a_critical_error_after_failures_lists_them_all() {
     assert!(error.message.contains("[a] transient failure"));
     assert!(error.message.contains("[b] access denied"));
     assert_eq!(failures(&error).failures().len(), 2);
+    assert_eq!(failures(&error).decisive().unwrap().provider, "b");
     assert_eq!(c.total_calls(), 0);
 }
 
 #[tokio::test]
-async fn mixed_failures_kinds_follow_the_documented_rules() {
+async fn the_error_kind_follows_the_documented_rules() {
+    /// The first provider is ordinary, the others fallbacks, so each is asked.
     async fn kind_for(kinds: &[ProviderErrorKind]) -> ProviderErrorKind {
         let mut builder = SecretStore::builder();
         for (i, kind) in kinds.iter().enumerate() {
             let vault = InMemoryVault::new();
             vault.fail_next(1, *kind);
-            builder = builder.add(format!("p{i}"), vault);
+            builder = if i == 0 {
+                builder.add(format!("p{i}"), vault)
+            } else {
+                builder.fallback(format!("p{i}"), vault)
+            };
         }
         builder.build().get_secret("x").await.unwrap_err().kind
     }
     use ProviderErrorKind::*;
     assert_eq!(kind_for(&[Transient, Transient]).await, Transient);
-    assert_eq!(kind_for(&[Transient, Other]).await, Other);
+    assert_eq!(kind_for(&[Transient, Other]).await, Transient);
+    assert_eq!(kind_for(&[Other, Transient]).await, Other);
+    assert_eq!(kind_for(&[NotFound, Other]).await, Other);
     assert_eq!(kind_for(&[Other, NotFound]).await, Other);
+    assert_eq!(kind_for(&[Transient, AccessDenied]).await, AccessDenied);
     assert_eq!(kind_for(&[InvalidName, InvalidName]).await, InvalidName);
     assert_eq!(kind_for(&[InvalidName, NotFound]).await, NotFound);
     assert_eq!(
         kind_for(&[
-            Throttled { retry_after: None },
+            NotFound,
             Throttled {
                 retry_after: Some(Duration::from_secs(3))
             },
@@ -311,7 +470,7 @@ async fn mixed_failures_kinds_follow_the_documented_rules() {
         }
     );
     assert_eq!(
-        kind_for(&[Transient, Throttled { retry_after: None }]).await,
+        kind_for(&[Throttled { retry_after: None }, Transient]).await,
         Throttled { retry_after: None }
     );
 }
@@ -497,7 +656,7 @@ async fn values_never_show_in_debug_or_errors() {
     vault.fail_next(1, ProviderErrorKind::Transient);
     let store = SecretStore::builder()
         .add("key-vault", vault.clone())
-        .add("defaults", defaults.clone())
+        .fallback("defaults", defaults.clone())
         .build();
 
     let secret = store.get_secret("db-password").await.unwrap();
