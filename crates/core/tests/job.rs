@@ -593,3 +593,194 @@ fn counters_and_histograms_reach_the_metrics_facade() {
         "one age per timed event: the Key Vault event and the blob event"
     );
 }
+
+// A job never dies silently (issue 11, item 2).
+
+#[tokio::test]
+async fn a_panic_in_the_sources_receive_is_retried_like_a_transient_error() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    source.panic_next_receive(1);
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(log.completed(), vec!["m1"]);
+    assert_eq!(cache.calls(), vec![new_version("db-password")]);
+    assert_eq!(handle.state(), JobState::Running);
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        stats,
+        StatsSnapshot {
+            received: 1,
+            events: 1,
+            invalidated: 1,
+            completed: 1,
+            receive_errors: 1,
+            ..StatsSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_panic_in_the_sources_settle_counts_as_a_settle_error_and_the_job_goes_on() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    source.panic_next_settle(1);
+    let handle = job(&source, &cache).spawn();
+
+    publisher.publish("m1", secret_event("first").event_grid_bytes());
+    eventually("the panicking settle is counted", || {
+        handle.stats().settle_errors == 1
+    })
+    .await;
+    publisher.publish("m2", secret_event("second").event_grid_bytes());
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(log.completed(), vec!["m2"]);
+    assert_eq!(publisher.in_flight(), 1, "m1's settlement was lost");
+    assert_eq!(handle.state(), JobState::Running);
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(
+        stats,
+        StatsSnapshot {
+            received: 2,
+            events: 2,
+            invalidated: 2,
+            completed: 2,
+            settle_errors: 1,
+            ..StatsSnapshot::default()
+        }
+    );
+    assert_eq!(publisher.queued(), 1, "closing the source hands m1 back");
+}
+
+#[tokio::test]
+async fn a_cache_that_always_panics_dead_letters_the_delivery_after_exactly_max_attempts() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.panic_next(1000);
+    let handle = job(&source, &cache).max_attempts(3).spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    publisher.wait_for_settlements(3).await;
+    let stats = handle.shutdown().await.unwrap();
+
+    let log = publisher.log();
+    assert_eq!(
+        log.abandoned(),
+        vec![("m1".to_owned(), 1), ("m1".to_owned(), 2)]
+    );
+    assert_eq!(
+        log.dead_lettered(),
+        vec![(
+            "m1".to_owned(),
+            DeadLetterReason::MaxAttemptsExceeded.as_str().to_owned(),
+            "invalidation failed on all 3 attempts; last error: the invalidator panicked: injected panic in RecordingCache".to_owned()
+        )]
+    );
+    assert_eq!(log.len(), 3, "no delivery after the dead-lettering");
+    assert_eq!(log.0[2].delivery_count, 3);
+    assert_eq!(cache.invalidated(), Vec::<String>::new());
+    assert_eq!(
+        stats,
+        StatsSnapshot {
+            received: 3,
+            events: 3,
+            abandoned: 2,
+            dead_lettered: 1,
+            ..StatsSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_fatal_source_error_shows_as_failed_at_once_while_in_flight_deliveries_drain() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    cache.hold();
+    let handle = job(&source, &cache)
+        .shutdown_deadline(Duration::from_secs(3600))
+        .spawn();
+
+    publisher.publish("m1", secret_event("db-password").event_grid_bytes());
+    eventually("m1 is being invalidated", || cache.running() == 1).await;
+    source.fail_next_receives(1, SourceErrorKind::Fatal);
+    // Wakes the waiting `receive`, which meets the fault before the message.
+    publisher.publish("m2", secret_event("api-key").event_grid_bytes());
+
+    let failed = JobState::Failed(
+        "the event source failed: fatal source error: injected receive failure".to_owned(),
+    );
+    eventually("the state says Failed", || handle.state() == failed).await;
+    assert!(
+        !handle.is_finished(),
+        "m1 is still in flight: the job is failed but not finished"
+    );
+
+    cache.release();
+    match handle.wait().await {
+        Err(JobError::Source(error)) => assert_eq!(error.kind, SourceErrorKind::Fatal),
+        other => panic!("expected the fatal source error, got {other:?}"),
+    }
+    assert_eq!(publisher.log().completed(), vec!["m1"]);
+    assert_eq!(publisher.queued(), 1, "m2 was never taken");
+    assert!(publisher.is_closed());
+}
+
+#[test]
+fn a_job_whose_runtime_shuts_down_does_not_claim_to_be_running() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let handle = runtime.block_on(async {
+        let handle = job(&source, &cache).spawn();
+        // Let the engine start and wait in `receive`.
+        tokio::task::yield_now().await;
+        handle
+    });
+    assert_eq!(handle.state(), JobState::Running);
+
+    drop(runtime);
+
+    assert_eq!(
+        handle.state(),
+        JobState::Failed(
+            "the job task ended abnormally: it was dropped before the job stopped (aborted, or its runtime shut down)"
+                .to_owned()
+        )
+    );
+}
+
+#[tokio::test]
+async fn shutdown_cancels_only_the_jobs_own_token_and_the_applications_token_stops_the_job() {
+    let app_shutdown = keyvault_invalidator_core::CancellationToken::new();
+    let (first_source, second_source) = (InMemoryEventSource::new(), InMemoryEventSource::new());
+    let cache = RecordingCache::new();
+    let first = job(&first_source, &cache)
+        .cancellation_token(app_shutdown.clone())
+        .spawn();
+    let second = job(&second_source, &cache)
+        .cancellation_token(app_shutdown.clone())
+        .spawn();
+
+    first.shutdown().await.unwrap();
+    assert!(
+        !app_shutdown.is_cancelled(),
+        "stopping a job must not stop the application that lent its token"
+    );
+    assert!(first_source.publisher().is_closed());
+    assert_eq!(second.state(), JobState::Running);
+    assert!(!second.cancellation_token().is_cancelled());
+
+    app_shutdown.cancel();
+    let stats = tokio::time::timeout(Duration::from_secs(30), second.wait())
+        .await
+        .expect("the application's cancellation stops the job")
+        .unwrap();
+    assert_eq!(stats, StatsSnapshot::default());
+    assert!(second_source.publisher().is_closed());
+}

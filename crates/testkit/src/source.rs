@@ -63,6 +63,8 @@ struct State {
     next_lock: u64,
     closed: bool,
     receive_faults: VecDeque<SourceError>,
+    receive_panics: usize,
+    settle_panics: usize,
     log: Vec<SettlementRecord>,
     dead_letters: Vec<DeadLetteredMessage>,
 }
@@ -185,6 +187,21 @@ impl InMemoryEventSource {
                 .push_back(SourceError::new(kind, "injected receive failure"));
         }
     }
+
+    /// Makes the next `count` calls to `receive` panic (with the message `injected panic in
+    /// InMemoryEventSource::receive`) instead of returning, to test that a panicking source
+    /// does not stop the job. A call already waiting panics when it next wakes up. Nothing is
+    /// taken from the queue by a panicking call.
+    pub fn panic_next_receive(&self, count: usize) {
+        self.shared.lock().receive_panics += count;
+    }
+
+    /// Makes the next `count` calls to `settle` panic (with the message `injected panic in
+    /// InMemoryEventSource::settle`) before settling anything: the delivery stays locked, as a
+    /// lost settlement on a broker, until the source is closed. Nothing is logged for it.
+    pub fn panic_next_settle(&self, count: usize) {
+        self.shared.lock().settle_panics += count;
+    }
 }
 
 impl Shared {
@@ -205,6 +222,11 @@ impl EventSource for InMemoryEventSource {
                 let mut state = self.shared.lock();
                 if state.closed {
                     return Err(SourceError::closed());
+                }
+                if state.receive_panics > 0 {
+                    state.receive_panics -= 1;
+                    drop(state);
+                    panic!("injected panic in InMemoryEventSource::receive");
                 }
                 if let Some(fault) = state.receive_faults.pop_front() {
                     return Err(fault);
@@ -246,6 +268,11 @@ impl EventSource for InMemoryEventSource {
             _ => return Err(SourceError::fatal("the token was issued by another source")),
         };
         let mut state = self.shared.lock();
+        if state.settle_panics > 0 {
+            state.settle_panics -= 1;
+            drop(state);
+            panic!("injected panic in InMemoryEventSource::settle");
+        }
         let Some(message) = state.in_flight.remove(&lock) else {
             return Err(SourceError::settlement_lost(
                 "the delivery is no longer locked (the source was closed)",

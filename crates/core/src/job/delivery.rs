@@ -39,7 +39,23 @@ impl Worker {
         );
         async {
             let started = Instant::now();
-            let (settlement, settled) = self.decide(&delivery).await;
+            // The invalidator's own panics are caught in `decide`; this catches the rest (the
+            // parser, the engine's own bookkeeping) so that no panic ends a delivery unsettled:
+            // it is retried like any failure that may pass, and dead-lettered after
+            // `max_attempts` if it keeps panicking.
+            let (settlement, settled) = match AssertUnwindSafe(self.decide(&delivery))
+                .catch_unwind()
+                .await
+            {
+                Ok(decided) => decided,
+                Err(panic) => {
+                    let failure = InvalidationError::retryable(format!(
+                        "processing the delivery panicked: {}",
+                        panic_message(panic.as_ref())
+                    ));
+                    self.after_failure(&delivery, failure).await
+                }
+            };
             self.stats.settled(settled, started.elapsed());
             match &settlement {
                 Settlement::Complete => tracing::debug!("completing"),
@@ -58,10 +74,22 @@ impl Worker {
     }
 
     pub(super) async fn settle_now(&self, token: DeliveryToken, settlement: Settlement) {
-        if let Err(error) = self.source.settle(token, settlement).await {
-            self.stats.settle_error();
-            tracing::warn!(%error, "settling failed; the transport will redeliver the message");
-        }
+        // A source whose `settle` panics has lost this settlement, just as one that returned an
+        // error: count it the same way, and let the panic go no further than this delivery
+        // (this also runs on the engine's own task, for deliveries beyond the asked-for batch).
+        let settled = AssertUnwindSafe(self.source.settle(token, settlement))
+            .catch_unwind()
+            .await;
+        let error = match settled {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(panic) => format!(
+                "the source's settle panicked: {}",
+                panic_message(panic.as_ref())
+            ),
+        };
+        self.stats.settle_error();
+        tracing::warn!(%error, "settling failed; the transport will redeliver the message");
     }
 
     async fn decide(&self, delivery: &Delivery) -> (Settlement, Settled) {
@@ -99,9 +127,13 @@ impl Worker {
                     continue;
                 }
                 Ok(Err(error)) => error,
-                // A panicking invalidator must not lose the delivery: treat it as a failure
-                // that may pass.
-                Err(_) => InvalidationError::retryable("the invalidator panicked"),
+                // A panicking invalidator (or the cache under it) must not lose the delivery:
+                // treat it as a failure that may pass. The panic's message goes into the
+                // dead-letter description should it keep happening.
+                Err(panic) => InvalidationError::retryable(format!(
+                    "the invalidator panicked: {}",
+                    panic_message(panic.as_ref())
+                )),
             };
             return self.after_failure(delivery, failure).await;
         }
@@ -132,6 +164,18 @@ impl Worker {
             _ = tokio::time::sleep(pause) => {}
         }
         (Settlement::Abandon, Settled::Abandoned)
+    }
+}
+
+/// The text a panic was raised with (`panic!("...")` gives a `&str` or a `String`), for logs
+/// and dead-letter descriptions.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&'static str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "a panic with no message"
     }
 }
 

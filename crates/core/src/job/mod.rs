@@ -158,7 +158,11 @@ impl JobBuilder {
     }
 
     /// Stops the job when this token is cancelled (for example the application's own shutdown
-    /// token). [`JobHandle::shutdown`] cancels it too.
+    /// token).
+    ///
+    /// The job listens on a [child](CancellationToken::child_token) of it: cancelling `token`
+    /// stops the job, but [`JobHandle::shutdown`] (which cancels the child) never cancels
+    /// `token` itself, so stopping the job does not stop the application that lent it.
     pub fn cancellation_token(mut self, token: CancellationToken) -> Self {
         self.cancellation = token;
         self
@@ -174,6 +178,9 @@ impl JobBuilder {
         let mut options = self.options;
         options.concurrency = options.concurrency.max(1);
         options.max_attempts = options.max_attempts.max(1);
+        // The job's own token: the lent one (or the default) cancels it, but cancelling it,
+        // as `shutdown` does, reaches no further than this job.
+        let cancellation = self.cancellation.child_token();
         let stats = Arc::new(Stats::new(&options.name));
         let state = Arc::new(Mutex::new(JobState::Running));
         let engine = run::Engine {
@@ -182,14 +189,14 @@ impl JobBuilder {
             options,
             stats: stats.clone(),
             state: state.clone(),
-            shutdown: self.cancellation.clone(),
+            shutdown: cancellation.clone(),
         };
-        let task = tokio::spawn(engine.run());
+        let task = tokio::spawn(engine.supervised());
         JobHandle {
             task,
             stats,
             state,
-            cancellation: self.cancellation,
+            cancellation,
         }
     }
 }
@@ -203,7 +210,10 @@ pub enum JobState {
     ShuttingDown,
     /// Stopped after a shutdown.
     Stopped,
-    /// Stopped by an error it could not recover from (the message).
+    /// Stopped by an error it could not recover from (the message): a fatal source error, a
+    /// panic in the engine, or its task ending before the job stopped. Set the moment the job
+    /// gives up, without anyone awaiting the handle; deliveries already in flight may still be
+    /// finishing then ([`JobHandle::is_finished`] says when everything has ended).
     Failed(String),
 }
 
@@ -214,12 +224,18 @@ pub enum JobError {
     /// was closed while the job was not shutting down.
     #[error("the event source failed: {0}")]
     Source(#[source] SourceError),
-    /// The job's task panicked or was aborted.
+    /// The job's engine panicked, or its task was aborted.
     #[error("the job task ended abnormally: {0}")]
     Task(String),
 }
 
 /// Controls a running job.
+///
+/// Dropping the handle does **not** stop the job: it runs on, detached, until its cancellation
+/// token (or the one lent to [`JobBuilder::cancellation_token`]) is cancelled or it fails, and
+/// nobody can then learn why it stopped or close it gracefully. Keep the handle and stop the job
+/// with [`shutdown`](JobHandle::shutdown).
+#[must_use = "dropping a JobHandle detaches the job: it stops only through the handle's shutdown() or its cancellation token"]
 pub struct JobHandle {
     task: JoinHandle<Result<(), JobError>>,
     stats: Arc<Stats>,
@@ -238,7 +254,8 @@ impl JobHandle {
         lock(&self.state).clone()
     }
 
-    /// The token that stops the job.
+    /// The token that stops the job: a child of the one lent to
+    /// [`JobBuilder::cancellation_token`], so cancelling it stops this job only.
     pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancellation
     }
@@ -251,6 +268,9 @@ impl JobHandle {
     /// Stops receiving, lets in-flight deliveries finish within the shutdown deadline, abandons
     /// the rest, closes the source, and returns the final counters, or the error that had
     /// already stopped the job.
+    ///
+    /// It cancels the job's own token only: a token lent to
+    /// [`JobBuilder::cancellation_token`] stays uncancelled.
     pub async fn shutdown(self) -> Result<StatsSnapshot, JobError> {
         self.cancellation.cancel();
         self.wait().await

@@ -1,17 +1,19 @@
 //! The receive loop and shutdown.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::Worker;
+use super::delivery::{panic_message, Worker};
 use super::stats::Stats;
 use super::{lock, JobError, JobOptions, JobState};
 use crate::invalidator::Invalidator;
-use crate::source::{EventSource, Settlement, SourceErrorKind};
+use crate::source::{EventSource, Settlement, SourceError, SourceErrorKind};
 
 /// After the shutdown deadline, how long abandoning the stragglers may take before their tasks
 /// are aborted (their deliveries then come back when the transport's lock expires).
@@ -27,7 +29,32 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub(super) async fn run(self) -> Result<(), JobError> {
+    /// Runs the engine and makes sure that however it ends, [`JobState`] says so at once: a
+    /// panic anywhere in the engine becomes [`JobError::Task`] and `Failed`, and a task dropped
+    /// before the engine finished (aborted, or its runtime shut down) leaves `Failed` too, so
+    /// that a job never looks `Running` when nothing runs.
+    pub(super) async fn supervised(self) -> Result<(), JobError> {
+        let state = self.state.clone();
+        let source = self.source.clone();
+        let _dropped = MarkFailedIfUnfinished(state.clone());
+        match AssertUnwindSafe(self.run()).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                let error = JobError::Task(format!(
+                    "the engine panicked: {}",
+                    panic_message(panic.as_ref())
+                ));
+                tracing::error!(%error, "the invalidation job stopped");
+                *lock(&state) = JobState::Failed(error.to_string());
+                // The in-flight tasks were aborted with the engine's JoinSet; closing the source
+                // hands their deliveries back now rather than when their locks expire.
+                close_source(source.as_ref()).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn run(self) -> Result<(), JobError> {
         let deadline_passed = CancellationToken::new();
         let worker = Arc::new(Worker {
             source: self.source.clone(),
@@ -44,7 +71,12 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let result = self.receive_loop(&worker, &mut tasks).await;
 
-        *lock(&self.state) = JobState::ShuttingDown;
+        // A fatal error shows as `Failed` from the moment it happens, through the drain that
+        // follows: only a requested stop is `ShuttingDown`.
+        *lock(&self.state) = match &result {
+            Ok(()) => JobState::ShuttingDown,
+            Err(error) => JobState::Failed(error.to_string()),
+        };
         let in_flight = tasks.len();
         let drained = tokio::time::timeout(self.options.shutdown_deadline, drain(&mut tasks)).await;
         if drained.is_err() {
@@ -62,9 +94,7 @@ impl Engine {
                 drain(&mut tasks).await;
             }
         }
-        if let Err(error) = self.source.close().await {
-            tracing::warn!(%error, "closing the event source failed");
-        }
+        close_source(self.source.as_ref()).await;
 
         let final_state = match &result {
             Ok(()) => JobState::Stopped,
@@ -105,7 +135,14 @@ impl Engine {
             let received = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Ok(()),
-                received = self.source.receive(batch_permits.len()) => received,
+                // A panicking `receive` is a source that failed this once: like a transient
+                // error, it is retried after the receive backoff.
+                received = AssertUnwindSafe(self.source.receive(batch_permits.len())).catch_unwind() => {
+                    received.unwrap_or_else(|panic| Err(SourceError::transient(format!(
+                        "the source's receive panicked: {}",
+                        panic_message(panic.as_ref())
+                    ))))
+                }
             };
             match received {
                 Ok(deliveries) => {
@@ -137,10 +174,7 @@ impl Engine {
                     SourceErrorKind::Fatal | SourceErrorKind::Closed => {
                         self.stats.receive_error();
                         tracing::error!(%error, "the event source failed fatally; the job stops");
-                        let error = JobError::Source(error);
-                        // Visible on the handle now, not only once shutdown has finished.
-                        *lock(&self.state) = JobState::Failed(error.to_string());
-                        return Err(error);
+                        return Err(JobError::Source(error));
                     }
                     _ => {
                         self.stats.receive_error();
@@ -154,6 +188,33 @@ impl Engine {
                     }
                 },
             }
+        }
+    }
+}
+
+async fn close_source(source: &dyn EventSource) {
+    match AssertUnwindSafe(source.close()).catch_unwind().await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "closing the event source failed"),
+        Err(panic) => tracing::warn!(
+            panic = panic_message(panic.as_ref()),
+            "closing the event source panicked"
+        ),
+    }
+}
+
+/// Dropped with the engine's task: if the engine never reached a final state (the task was
+/// aborted or its runtime shut down mid-way), the handle must not go on saying `Running`.
+struct MarkFailedIfUnfinished(Arc<Mutex<JobState>>);
+
+impl Drop for MarkFailedIfUnfinished {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0);
+        if matches!(*state, JobState::Running | JobState::ShuttingDown) {
+            *state = JobState::Failed(
+                "the job task ended abnormally: it was dropped before the job stopped (aborted, or its runtime shut down)"
+                    .to_owned(),
+            );
         }
     }
 }
