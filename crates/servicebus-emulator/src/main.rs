@@ -166,6 +166,15 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> ExitCode {
+    // Listening before the announcement: a client that reads the first line and signals at
+    // once must find the handlers in place (the default action would kill the process).
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("error: cannot wait for signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let emulator = match ServiceBusEmulator::start_with(args.options).await {
         Ok(emulator) => emulator,
         Err(error) => {
@@ -203,33 +212,30 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match shutdown_signal().await {
-        Ok(()) => {
-            drop(emulator);
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: cannot wait for signals: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    shutdown.await;
+    drop(emulator);
+    ExitCode::SUCCESS
 }
 
+/// Registers for SIGTERM and SIGINT now; the future ends at the first of them.
 #[cfg(unix)]
-async fn shutdown_signal() -> std::io::Result<()> {
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 #[cfg(not(unix))]
-async fn shutdown_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 #[cfg(test)]
