@@ -1,8 +1,10 @@
 //! Where to connect and what to consume.
 
 use std::fmt;
+use std::ops::Deref;
 use std::time::Duration;
 
+use keyvault_invalidator_core::secrecy::{ExposeSecret, SecretString};
 use keyvault_invalidator_core::Backoff;
 use rand::Rng;
 
@@ -36,6 +38,16 @@ pub enum QueueMode {
 
 /// How a [`RabbitMqSource`](crate::RabbitMqSource) connects and what it consumes.
 ///
+/// The URI (with its password) is kept as a [`SecretString`]: it never shows in `Debug`, logs
+/// or errors, which print [`redacted_uri`](Self::redacted_uri) instead.
+///
+/// Plain `amqp://` sends the user name and password in clear (AMQP's PLAIN login), so it is
+/// accepted only for a loopback host (`127.0.0.0/8`, `::1`, `localhost`): a broker on the same
+/// machine or in a sidecar. Anything else needs `amqps://`, or the application opting in by name
+/// with [`instance_allowing_insecure_endpoint`](Self::instance_allowing_insecure_endpoint) or
+/// [`existing_queue_allowing_insecure_endpoint`](Self::existing_queue_allowing_insecure_endpoint)
+/// (a private network it trusts, a test broker in a container).
+///
 /// ```
 /// use keyvault_invalidator_rabbitmq::RabbitMqConfig;
 ///
@@ -43,11 +55,17 @@ pub enum QueueMode {
 ///     .prefetch(32);
 /// assert!(config.queue_name().starts_with("orders-api-"));
 /// assert!(!format!("{config:?}").contains("guest:guest"), "credentials never print");
+///
+/// let error = RabbitMqConfig::instance("amqp://app:pw@rabbit.internal:5672/%2f", "orders-api").unwrap_err();
+/// assert!(error.to_string().starts_with("invalid RabbitMQ configuration: `uri` uses plain amqp://"));
+/// assert!(!error.to_string().contains("pw"));
 /// # Ok::<(), keyvault_invalidator_rabbitmq::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct RabbitMqConfig {
-    pub(crate) uri: String,
+    pub(crate) uri: SecretUri,
+    redacted_uri: String,
+    insecure_endpoint_allowed: bool,
     pub(crate) mode: QueueMode,
     pub(crate) exchange: String,
     pub(crate) dead_letter_exchange: String,
@@ -58,6 +76,33 @@ pub struct RabbitMqConfig {
     pub(crate) reconnect_backoff: Backoff,
 }
 
+/// The full connection URI, password included. Held as a [`SecretString`] (zeroed when dropped,
+/// never printed); it dereferences to `str` only so that the crate's connecting code can hand it
+/// to lapin, and that is the one place that should read it.
+#[derive(Clone)]
+pub(crate) struct SecretUri(SecretString);
+
+impl SecretUri {
+    /// The URI, password included: for lapin only.
+    pub(crate) fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl Deref for SecretUri {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.expose()
+    }
+}
+
+impl fmt::Debug for SecretUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(self.expose()))
+    }
+}
+
 /// A configuration mistake, caught before anything connects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid RabbitMQ configuration: {0}")]
@@ -65,30 +110,53 @@ pub struct ConfigError(String);
 
 impl RabbitMqConfig {
     /// Consume through a queue of this instance's own, named `{prefix}-{instance id}`.
+    /// `amqp://` is refused unless the host is loopback (see the type's docs).
     pub fn instance(uri: &str, prefix: &str) -> Result<Self, ConfigError> {
-        let prefix = non_blank("prefix", prefix)?;
-        Self::new(
-            uri,
-            QueueMode::Instance {
-                prefix: prefix.to_owned(),
-                binding_key: "#".to_owned(),
-                idle_expiry: DEFAULT_IDLE_EXPIRY,
-            },
-        )
+        Self::new(uri, instance_mode(prefix)?, false)
     }
 
-    /// Consume from an existing queue that infrastructure declared.
+    /// Consume from an existing queue that infrastructure declared. `amqp://` is refused unless
+    /// the host is loopback (see the type's docs).
     pub fn existing_queue(uri: &str, queue: &str) -> Result<Self, ConfigError> {
-        let queue = non_blank("queue", queue)?;
-        Self::new(
-            uri,
-            QueueMode::Existing {
-                queue: queue.to_owned(),
-            },
-        )
+        Self::new(uri, existing_mode(queue)?, false)
     }
 
-    fn new(uri: &str, mode: QueueMode) -> Result<Self, ConfigError> {
+    /// [`instance`](Self::instance), also accepting plain `amqp://` to a host that is not
+    /// loopback: the application's explicit choice to send the password unencrypted, over a
+    /// network it trusts.
+    ///
+    /// ```
+    /// use keyvault_invalidator_rabbitmq::RabbitMqConfig;
+    ///
+    /// let config = RabbitMqConfig::instance_allowing_insecure_endpoint(
+    ///     "amqp://app:pw@rabbitmq:5672/%2f", // the broker's service name in docker compose
+    ///     "orders-api",
+    /// )?;
+    /// assert!(config.allows_insecure_endpoint());
+    /// # Ok::<(), keyvault_invalidator_rabbitmq::ConfigError>(())
+    /// ```
+    pub fn instance_allowing_insecure_endpoint(
+        uri: &str,
+        prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        Self::new(uri, instance_mode(prefix)?, true)
+    }
+
+    /// [`existing_queue`](Self::existing_queue), also accepting plain `amqp://` to a host that
+    /// is not loopback, as [`instance_allowing_insecure_endpoint`](Self::instance_allowing_insecure_endpoint).
+    pub fn existing_queue_allowing_insecure_endpoint(
+        uri: &str,
+        queue: &str,
+    ) -> Result<Self, ConfigError> {
+        Self::new(uri, existing_mode(queue)?, true)
+    }
+
+    /// Whether the application opted in to plain `amqp://` to a host that is not loopback.
+    pub fn allows_insecure_endpoint(&self) -> bool {
+        self.insecure_endpoint_allowed
+    }
+
+    fn new(uri: &str, mode: QueueMode, allow_insecure: bool) -> Result<Self, ConfigError> {
         let uri = uri.trim();
         let parsed = url::Url::parse(uri).map_err(|_| {
             ConfigError("`uri` is not a URI (expected amqp://... or amqps://...)".into())
@@ -102,9 +170,20 @@ impl RabbitMqConfig {
         // lapin's own parser decides what it accepts; ask it now rather than at first connect.
         uri.parse::<lapin::uri::AMQPUri>()
             .map_err(|_| ConfigError("`uri` is not a valid AMQP URI".into()))?;
+        if parsed.scheme() == "amqp" && !allow_insecure && !is_loopback(&parsed) {
+            return Err(ConfigError(format!(
+                "`uri` uses plain amqp:// to `{}`, which is not a loopback host: the user name and \
+                 password would cross the network unencrypted; use amqps://, or opt in with \
+                 `RabbitMqConfig::instance_allowing_insecure_endpoint` (or \
+                 `existing_queue_allowing_insecure_endpoint`)",
+                parsed.host_str().unwrap_or_default()
+            )));
+        }
         let instance_id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let config = RabbitMqConfig {
-            uri: uri.to_owned(),
+            redacted_uri: redact(uri),
+            uri: SecretUri(SecretString::from(uri.to_owned())),
+            insecure_endpoint_allowed: allow_insecure,
             mode,
             exchange: DEFAULT_EXCHANGE.to_owned(),
             dead_letter_exchange: DEFAULT_DEAD_LETTER.to_owned(),
@@ -210,7 +289,7 @@ impl RabbitMqConfig {
 
     /// The URI without its password, for logs.
     pub fn redacted_uri(&self) -> String {
-        redact(&self.uri)
+        self.redacted_uri.clone()
     }
 
     fn check_queue_name(&self) -> Result<(), ConfigError> {
@@ -221,6 +300,38 @@ impl RabbitMqConfig {
             ));
         }
         Ok(())
+    }
+}
+
+fn instance_mode(prefix: &str) -> Result<QueueMode, ConfigError> {
+    Ok(QueueMode::Instance {
+        prefix: non_blank("prefix", prefix)?.to_owned(),
+        binding_key: "#".to_owned(),
+        idle_expiry: DEFAULT_IDLE_EXPIRY,
+    })
+}
+
+fn existing_mode(queue: &str) -> Result<QueueMode, ConfigError> {
+    Ok(QueueMode::Existing {
+        queue: non_blank("queue", queue)?.to_owned(),
+    })
+}
+
+/// Whether the URI's host is this machine: `127.0.0.0/8`, `::1` or `localhost`. No host at all
+/// counts too, since lapin then connects to `localhost`.
+fn is_loopback(uri: &url::Url) -> bool {
+    match uri.host() {
+        None => true,
+        // `amqp` is not a scheme the url crate knows, so it keeps IPv4 addresses as names.
+        Some(url::Host::Domain(name)) => {
+            name.is_empty()
+                || name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
     }
 }
 
@@ -247,7 +358,8 @@ fn redact(uri: &str) -> String {
 impl fmt::Debug for RabbitMqConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitMqConfig")
-            .field("uri", &self.redacted_uri())
+            .field("uri", &self.uri)
+            .field("insecure_endpoint_allowed", &self.insecure_endpoint_allowed)
             .field("mode", &self.mode)
             .field("queue", &self.queue_name())
             .field("exchange", &self.exchange)
@@ -280,15 +392,87 @@ mod tests {
 
     #[test]
     fn the_password_never_reaches_debug_output() {
-        let config = RabbitMqConfig::instance("amqp://app:s3cr3t@broker:5672/%2f", "api").unwrap();
-        let shown = format!("{config:?}");
-        assert!(!shown.contains("s3cr3t"), "{shown}");
-        assert!(shown.contains("amqp://app:***@broker:5672/%2f"), "{shown}");
+        for uri in [
+            "amqp://app:s3cr3t@127.0.0.1:5672/%2f",
+            "amqps://app:s3cr3t@broker:5671/%2f",
+        ] {
+            let config = RabbitMqConfig::instance(uri, "api").unwrap();
+            let shown = format!("{config:?} {:?} {}", config.uri, config.redacted_uri());
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("app:***@"), "{shown}");
+            // The real URI is still there for lapin.
+            assert_eq!(config.uri.expose(), uri);
+        }
+        let error =
+            RabbitMqConfig::instance("amqp://app:s3cr3t@broker:5672/%2f", "api").unwrap_err();
+        assert!(!format!("{error} {error:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn plain_amqp_to_a_remote_host_is_refused_naming_the_argument_and_why() {
+        let error =
+            RabbitMqConfig::instance("amqp://app:pw@broker.internal:5672/%2f", "api").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid RabbitMQ configuration: `uri` uses plain amqp:// to `broker.internal`, which \
+             is not a loopback host: the user name and password would cross the network \
+             unencrypted; use amqps://, or opt in with \
+             `RabbitMqConfig::instance_allowing_insecure_endpoint` (or \
+             `existing_queue_allowing_insecure_endpoint`)"
+        );
+        for remote in [
+            "amqp://10.0.0.5",
+            "amqp://[2001:db8::1]:5672",
+            "amqp://128.0.0.1",
+        ] {
+            let error = RabbitMqConfig::existing_queue(remote, "q").unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("invalid RabbitMQ configuration: `uri` uses plain amqp://"),
+                "{remote}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_amqp_is_accepted_on_loopback_with_tls_or_with_the_opt_in() {
+        for local in [
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqp://127.255.0.9",
+            "amqp://[::1]:5672",
+            "amqp://LOCALHOST:5672/%2f",
+            "amqps://broker.internal:5671/%2f",
+        ] {
+            let config = RabbitMqConfig::instance(local, "api").unwrap();
+            assert!(!config.allows_insecure_endpoint(), "{local}");
+        }
+        let config = RabbitMqConfig::instance_allowing_insecure_endpoint(
+            "amqp://app:pw@broker.internal:5672/%2f",
+            "api",
+        )
+        .unwrap();
+        assert!(config.allows_insecure_endpoint());
+        assert_eq!(
+            config.redacted_uri(),
+            "amqp://app:***@broker.internal:5672/%2f"
+        );
+        let config =
+            RabbitMqConfig::existing_queue_allowing_insecure_endpoint("amqp://10.0.0.5", "q")
+                .unwrap();
+        assert_eq!(config.queue_name(), "q");
+        // The opt-in does not relax the other checks.
+        let error = RabbitMqConfig::instance_allowing_insecure_endpoint("amqp://10.0.0.5", " ")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid RabbitMQ configuration: `prefix` must not be blank"
+        );
     }
 
     #[test]
     fn instance_queues_are_named_prefix_dash_instance_id() {
-        let config = RabbitMqConfig::instance("amqp://h", "api")
+        let config = RabbitMqConfig::instance("amqp://localhost", "api")
             .unwrap()
             .instance_id("i-7")
             .unwrap();

@@ -18,10 +18,30 @@ impl From<LinkError> for SourceError {
     }
 }
 
+/// What the source says it was doing when it opens the connection: the one step where the
+/// login happens, so the one where ACCESS_REFUSED means refused credentials.
+pub(crate) const CONNECTING: &str = "connecting to RabbitMQ";
+
+/// What a refused login says: the AMQP reply (ACCESS_REFUSED) alone reads like a permission
+/// problem, but at login it is the user name or the password.
+pub(crate) const LOGIN_REFUSED: &str = "login refused: check the user name and password";
+
 /// Refusals that waiting will not fix (a declaration that conflicts with the broker's, a
 /// missing queue, refused credentials) are fatal; everything else (a broker restart, a network
 /// cut, a forced close) is transient. lapin's messages never hold the password.
 pub(crate) fn classify(error: lapin::Error, doing: &str) -> LinkError {
+    classify_at(error, doing, doing == CONNECTING)
+}
+
+/// [`classify`], told whether the error came from opening the connection (`at_login`).
+///
+/// Sorted by lapin's error type and the AMQP reply code, never by message text. RabbitMQ
+/// answers a bad user name or password with a connection close, reply code 403
+/// (ACCESS_REFUSED), because lapin announces the `authentication_failure_close` capability;
+/// lapin reports a client-side SASL failure as `AuthProviderError`. The same 403 on a channel
+/// later (declaring, consuming) is a missing permission, and 530 (NOT_ALLOWED) at connect is a
+/// virtual host the user may not use: both keep pointing at permissions.
+pub(crate) fn classify_at(error: lapin::Error, doing: &str, at_login: bool) -> LinkError {
     let (kind, why) = match error.kind() {
         ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => (
@@ -31,6 +51,9 @@ pub(crate) fn classify(error: lapin::Error, doing: &str) -> LinkError {
             ),
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
                 (SourceErrorKind::Fatal, "it does not exist (NOT_FOUND)")
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) if at_login => {
+                (SourceErrorKind::Fatal, LOGIN_REFUSED)
             }
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
             | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
@@ -42,14 +65,86 @@ pub(crate) fn classify(error: lapin::Error, doing: &str) -> LinkError {
             ),
             _ => (SourceErrorKind::Transient, "the broker closed the channel or connection"),
         },
-        ErrorKind::AuthProviderError(_) => {
-            (SourceErrorKind::Fatal, "the broker refused the credentials")
-        }
+        ErrorKind::AuthProviderError(_) => (SourceErrorKind::Fatal, LOGIN_REFUSED),
         _ => (SourceErrorKind::Transient, "the connection failed"),
     };
     LinkError {
         kind,
         message: format!("{doing}: {why} ({error})"),
         source: error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::protocol::AMQPError;
+
+    use super::*;
+
+    fn amqp_error(kind: AMQPErrorKind, text: &str) -> lapin::Error {
+        ErrorKind::ProtocolError(AMQPError::new(kind, text.into())).into()
+    }
+
+    #[test]
+    fn access_refused_while_connecting_is_a_refused_login() {
+        // What RabbitMQ answers to a wrong password: connection.close 403.
+        let error = amqp_error(
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN",
+        );
+        let link = classify(error, CONNECTING);
+        assert_eq!(link.kind, SourceErrorKind::Fatal);
+        assert!(
+            link.message.starts_with(
+                "connecting to RabbitMQ: login refused: check the user name and password ("
+            ),
+            "{}",
+            link.message
+        );
+        assert!(!link.message.contains("permissions"), "{}", link.message);
+    }
+
+    #[test]
+    fn a_client_side_authentication_failure_is_a_refused_login() {
+        let error: lapin::Error = ErrorKind::AuthProviderError("no mechanism".into()).into();
+        let link = classify(error, CONNECTING);
+        assert_eq!(link.kind, SourceErrorKind::Fatal);
+        assert!(
+            link.message.starts_with(
+                "connecting to RabbitMQ: login refused: check the user name and password"
+            ),
+            "{}",
+            link.message
+        );
+    }
+
+    #[test]
+    fn access_refused_after_login_points_at_permissions() {
+        let error = amqp_error(
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+            "ACCESS_REFUSED - access to queue 'q' refused",
+        );
+        let link = classify(error, "declaring queue `q`");
+        assert_eq!(link.kind, SourceErrorKind::Fatal);
+        assert!(
+            link.message.starts_with(
+                "declaring queue `q`: access was refused (check the user's permissions) ("
+            ),
+            "{}",
+            link.message
+        );
+        // A virtual host the user may not open, at connect: permissions too.
+        let error = amqp_error(
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+            "NOT_ALLOWED - access to vhost 'x' refused",
+        );
+        let link = classify(error, CONNECTING);
+        assert!(
+            link.message.starts_with(
+                "connecting to RabbitMQ: access was refused (check the user's permissions) ("
+            ),
+            "{}",
+            link.message
+        );
     }
 }
