@@ -214,4 +214,21 @@ mod tests {
         let received = read(&message);
         assert_eq!(received, Received::default());
     }
+
+    #[test]
+    fn the_largest_delivery_count_is_read_whole_and_the_next_count_saturates() {
+        // `header.delivery-count` is an AMQP uint, so any u32 can arrive. It is read as is (no
+        // narrowing, no panic); the source's `delivery()` adds this delivery with
+        // `saturating_add(1)`, which must keep u32::MAX rather than overflow.
+        let message: Message<Body<Value>> = Message::builder()
+            .header(Header {
+                delivery_count: u32::MAX,
+                ..Default::default()
+            })
+            .body(Body::Data(vec![Data(Binary::from(b"{}".to_vec()))].into()))
+            .build();
+        let received = read(&message);
+        assert_eq!(received.prior_deliveries, u32::MAX);
+        assert_eq!(received.prior_deliveries.saturating_add(1), u32::MAX);
+    }
 }
