@@ -70,6 +70,33 @@ pub enum SubscriptionMode {
 /// assert_eq!(error.argument, "subscription name prefix");
 /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
 /// ```
+///
+/// # Plain-text endpoints
+///
+/// An `http://` management endpoint, an `amqp://` AMQP endpoint and an emulator connection
+/// string (`UseDevelopmentEmulator=true`, plain AMQP and HTTP) send the shared access key's
+/// tokens unencrypted, so they are accepted only for a loopback host (`127.0.0.0/8`, `::1`,
+/// `localhost`), where the emulator normally runs. For another host (an emulator in a
+/// container network, say) the application opts in by name: with
+/// [`allow_insecure_endpoint`](Self::allow_insecure_endpoint) before the endpoint settings, or
+/// [`connection_string_allowing_insecure_endpoint`](Self::connection_string_allowing_insecure_endpoint)
+/// for an emulator connection string. Otherwise the setting is refused here, naming it.
+///
+/// ```
+/// use keyvault_invalidator_servicebus::ServiceBusConfig;
+///
+/// const CS: &str = "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=a2V5;EntityPath=t";
+/// let error = ServiceBusConfig::connection_string(CS, "app")?
+///     .management_endpoint("http://10.1.2.3:5300/")
+///     .unwrap_err();
+/// assert_eq!(error.argument, "management endpoint");
+///
+/// let config = ServiceBusConfig::connection_string(CS, "app")?
+///     .allow_insecure_endpoint()
+///     .management_endpoint("http://10.1.2.3:5300/")?;
+/// assert_eq!(config.management_endpoint_override(), Some("http://10.1.2.3:5300/"));
+/// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+/// ```
 #[derive(Clone)]
 pub struct ServiceBusConfig {
     namespace: Option<String>,
@@ -83,6 +110,7 @@ pub struct ServiceBusConfig {
     operation_timeout: std::time::Duration,
     unauthorized_grace: std::time::Duration,
     lock_renewal: LockRenewal,
+    insecure_endpoint_allowed: bool,
 }
 
 impl ServiceBusConfig {
@@ -127,17 +155,59 @@ impl ServiceBusConfig {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
             lock_renewal: LockRenewal::default(),
+            insecure_endpoint_allowed: false,
         })
     }
 
     /// The connection-string registration with the string itself. The topic comes from its
-    /// `EntityPath`, or from [`topic`](Self::topic).
+    /// `EntityPath`, or from [`topic`](Self::topic). An emulator string
+    /// (`UseDevelopmentEmulator=true`) is refused unless its host is loopback: see
+    /// [plain-text endpoints](Self#plain-text-endpoints).
+    ///
+    /// ```
+    /// use keyvault_invalidator_servicebus::ServiceBusConfig;
+    ///
+    /// let emulator = "Endpoint=sb://servicebus-emulator;SharedAccessKeyName=k;SharedAccessKey=a2V5;UseDevelopmentEmulator=true;EntityPath=t";
+    /// let error = ServiceBusConfig::connection_string(emulator, "app").unwrap_err();
+    /// assert_eq!(error.argument, "connection string");
+    /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+    /// ```
     pub fn connection_string(
         connection_string: &str,
         subscription_prefix: &str,
     ) -> Result<Self, ConfigError> {
+        Self::connection_string_with(connection_string, subscription_prefix, false)
+    }
+
+    /// [`connection_string`](Self::connection_string), also accepting an emulator string whose
+    /// host is not loopback, and with [`allow_insecure_endpoint`](Self::allow_insecure_endpoint)
+    /// already on: the application's explicit choice of plain text over a network it trusts.
+    ///
+    /// ```
+    /// use keyvault_invalidator_servicebus::ServiceBusConfig;
+    ///
+    /// let emulator = "Endpoint=sb://servicebus-emulator;SharedAccessKeyName=k;SharedAccessKey=a2V5;UseDevelopmentEmulator=true;EntityPath=t";
+    /// let config = ServiceBusConfig::connection_string_allowing_insecure_endpoint(emulator, "app")?;
+    /// assert!(config.allows_insecure_endpoint());
+    /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+    /// ```
+    pub fn connection_string_allowing_insecure_endpoint(
+        connection_string: &str,
+        subscription_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        Self::connection_string_with(connection_string, subscription_prefix, true)
+    }
+
+    fn connection_string_with(
+        connection_string: &str,
+        subscription_prefix: &str,
+        allow_insecure: bool,
+    ) -> Result<Self, ConfigError> {
         let parsed: ConnectionString =
             non_blank("connection string", connection_string)?.parse()?;
+        if !allow_insecure {
+            check_emulator_host(&parsed)?;
+        }
         let prefix = check_subscription_prefix(subscription_prefix)?.to_owned();
         Ok(ServiceBusConfig {
             namespace: Some(parsed.namespace().to_owned()),
@@ -151,6 +221,7 @@ impl ServiceBusConfig {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
             lock_renewal: LockRenewal::default(),
+            insecure_endpoint_allowed: allow_insecure,
         })
     }
 
@@ -179,6 +250,7 @@ impl ServiceBusConfig {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
             lock_renewal: LockRenewal::default(),
+            insecure_endpoint_allowed: false,
         })
     }
 
@@ -246,34 +318,79 @@ impl ServiceBusConfig {
         self.lock_renewal
     }
 
+    /// Opts in to plain-text endpoints on hosts that are not loopback: an `http://`
+    /// [`management_endpoint`](Self::management_endpoint), an `amqp://`
+    /// [`amqp_endpoint`](Self::amqp_endpoint), and an emulator connection string read from the
+    /// store by [`connection_string_from_store`](Self::connection_string_from_store). Call it
+    /// before those settings: each is checked when it is given.
+    pub fn allow_insecure_endpoint(mut self) -> Self {
+        self.insecure_endpoint_allowed = true;
+        self
+    }
+
+    /// Whether the application opted in to plain-text endpoints on hosts that are not loopback.
+    pub fn allows_insecure_endpoint(&self) -> bool {
+        self.insecure_endpoint_allowed
+    }
+
     /// Where the management REST API is, when not `https://{namespace}/` (an emulator's own
-    /// HTTP port, say).
+    /// HTTP port, say). `http://` is refused unless the host is loopback or
+    /// [`allow_insecure_endpoint`](Self::allow_insecure_endpoint) was called before.
     pub fn management_endpoint(mut self, endpoint: &str) -> Result<Self, ConfigError> {
-        let endpoint = non_blank("management endpoint", endpoint)?;
-        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-            return Err(ConfigError::new(
-                "management endpoint",
-                "must be an http(s) URL",
-            ));
+        const ARG: &str = "management endpoint";
+        let endpoint = non_blank(ARG, endpoint)?;
+        let url = url::Url::parse(endpoint)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "https" | "http") && url.host_str().is_some())
+            .ok_or_else(|| ConfigError::new(ARG, "must be an http(s) URL"))?;
+        if url.scheme() == "http" {
+            self.check_plain_text(ARG, &url)?;
         }
         self.management_endpoint = Some(endpoint.to_owned());
         Ok(self)
     }
 
     /// Where to connect over AMQP, when not `amqps://{namespace}:5671`: `amqp://host:port` is
-    /// plain AMQP (an emulator), `amqps://host:port` TLS on another port.
+    /// plain AMQP (an emulator), `amqps://host:port` TLS on another port. `amqp://` is refused
+    /// unless the host is loopback or [`allow_insecure_endpoint`](Self::allow_insecure_endpoint)
+    /// was called before.
     pub fn amqp_endpoint(mut self, endpoint: &str) -> Result<Self, ConfigError> {
-        let endpoint = non_blank("amqp endpoint", endpoint)?;
+        const ARG: &str = "amqp endpoint";
+        let endpoint = non_blank(ARG, endpoint)?;
         let url = url::Url::parse(endpoint)
-            .map_err(|_| ConfigError::new("amqp endpoint", "must be an amqp:// or amqps:// URL"))?;
+            .map_err(|_| ConfigError::new(ARG, "must be an amqp:// or amqps:// URL"))?;
         if !matches!(url.scheme(), "amqp" | "amqps") || url.host_str().is_none() {
             return Err(ConfigError::new(
-                "amqp endpoint",
+                ARG,
                 "must be an amqp:// or amqps:// URL with a host",
             ));
         }
+        if url.scheme() == "amqp" {
+            self.check_plain_text(ARG, &url)?;
+        }
         self.amqp_endpoint = Some(endpoint.trim_end_matches('/').to_owned());
         Ok(self)
+    }
+
+    fn check_plain_text(&self, argument: &'static str, url: &url::Url) -> Result<(), ConfigError> {
+        let host = url.host_str().unwrap_or_default();
+        if self.insecure_endpoint_allowed || is_loopback_host(host) {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            argument,
+            format!(
+                "`{}://` to `{host}`, which is not a loopback host, would send the tokens \
+                 unencrypted; use `{}://`, or call `ServiceBusConfig::allow_insecure_endpoint` \
+                 first",
+                url.scheme(),
+                if url.scheme() == "http" {
+                    "https"
+                } else {
+                    "amqps"
+                },
+            ),
+        ))
     }
 
     /// The AMQP endpoint override, if any.
@@ -421,6 +538,31 @@ pub const DEFAULT_UNAUTHORIZED_GRACE: std::time::Duration = std::time::Duration:
 /// Small: a prefetched message's lock runs while it waits.
 const DEFAULT_PREFETCH: u32 = 4;
 
+/// Whether `host` is this machine: `127.0.0.0/8`, `::1` (bracketed or not) or `localhost`.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An emulator connection string (plain AMQP and HTTP) is accepted only for a loopback host.
+pub(crate) fn check_emulator_host(cs: &ConnectionString) -> Result<(), ConfigError> {
+    if !cs.is_development_emulator() || is_loopback_host(cs.namespace()) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "connection string",
+        format!(
+            "`UseDevelopmentEmulator=true` with `{}`, which is not a loopback host, would send \
+             the tokens unencrypted; use the emulator on 127.0.0.1, or opt in with \
+             `ServiceBusConfig::connection_string_allowing_insecure_endpoint`",
+            cs.namespace()
+        ),
+    ))
+}
+
 fn automatic(prefix: String) -> SubscriptionMode {
     SubscriptionMode::Automatic {
         prefix,
@@ -454,6 +596,7 @@ impl fmt::Debug for ServiceBusConfig {
             .field("operation_timeout", &self.operation_timeout)
             .field("unauthorized_grace", &self.unauthorized_grace)
             .field("max_lock_renewal", &self.lock_renewal.max_duration())
+            .field("insecure_endpoint_allowed", &self.insecure_endpoint_allowed)
             .finish()
     }
 }
@@ -484,6 +627,145 @@ mod tests {
                     .unauthorized_grace_value(),
                 Duration::ZERO
             );
+        }
+    }
+
+    const REMOTE_EMULATOR: &str = "Endpoint=sb://servicebus-emulator:5672;SharedAccessKeyName=k;SharedAccessKey=s3cr3t-key;UseDevelopmentEmulator=true;EntityPath=t";
+
+    #[test]
+    fn an_emulator_connection_string_on_a_remote_host_is_refused_naming_the_argument() {
+        let error = ServiceBusConfig::connection_string(REMOTE_EMULATOR, "app").unwrap_err();
+        assert_eq!(error.argument, "connection string");
+        assert_eq!(
+            error.to_string(),
+            "invalid Service Bus setting `connection string`: `UseDevelopmentEmulator=true` with \
+             `servicebus-emulator`, which is not a loopback host, would send the tokens \
+             unencrypted; use the emulator on 127.0.0.1, or opt in with \
+             `ServiceBusConfig::connection_string_allowing_insecure_endpoint`"
+        );
+        assert!(!format!("{error:?}").contains("s3cr3t-key"));
+        let error = ServiceBusConfig::connection_string(
+            "Endpoint=sb://10.0.0.7;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true",
+            "app",
+        )
+        .unwrap_err();
+        assert_eq!(error.argument, "connection string");
+    }
+
+    #[test]
+    fn an_emulator_connection_string_is_accepted_on_loopback_or_with_the_opt_in() {
+        for local in ["127.0.0.1:5672", "127.9.9.9", "localhost", "LocalHost:5672"] {
+            let cs = format!(
+                "Endpoint=sb://{local};SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;EntityPath=t"
+            );
+            let config = ServiceBusConfig::connection_string(&cs, "app").unwrap();
+            assert!(!config.allows_insecure_endpoint(), "{local}");
+        }
+        let config =
+            ServiceBusConfig::connection_string_allowing_insecure_endpoint(REMOTE_EMULATOR, "app")
+                .unwrap();
+        assert!(config.allows_insecure_endpoint());
+        assert_eq!(config.namespace(), Some("servicebus-emulator"));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("insecure_endpoint_allowed: true"), "{shown}");
+        assert!(!shown.contains("s3cr3t-key"), "{shown}");
+        // The opt-in covers the endpoint settings too.
+        let config = config
+            .management_endpoint("http://servicebus-emulator:5300/")
+            .unwrap()
+            .amqp_endpoint("amqp://servicebus-emulator:5672")
+            .unwrap();
+        assert_eq!(
+            config.amqp_endpoint_override(),
+            Some("amqp://servicebus-emulator:5672")
+        );
+    }
+
+    #[test]
+    fn plain_text_endpoints_on_a_remote_host_are_refused_naming_the_argument() {
+        let config = ServiceBusConfig::connection_string(CS, "app").unwrap();
+        let error = config
+            .clone()
+            .management_endpoint("http://mgmt.example.net:5300/")
+            .unwrap_err();
+        assert_eq!(error.argument, "management endpoint");
+        assert_eq!(
+            error.to_string(),
+            "invalid Service Bus setting `management endpoint`: `http://` to `mgmt.example.net`, \
+             which is not a loopback host, would send the tokens unencrypted; use `https://`, or \
+             call `ServiceBusConfig::allow_insecure_endpoint` first"
+        );
+        let error = config
+            .clone()
+            .amqp_endpoint("amqp://10.0.0.7:5672")
+            .unwrap_err();
+        assert_eq!(error.argument, "amqp endpoint");
+        assert_eq!(
+            error.to_string(),
+            "invalid Service Bus setting `amqp endpoint`: `amqp://` to `10.0.0.7`, which is not a \
+             loopback host, would send the tokens unencrypted; use `amqps://`, or call \
+             `ServiceBusConfig::allow_insecure_endpoint` first"
+        );
+        let error = config
+            .clone()
+            .amqp_endpoint("amqp://[2001:db8::1]:5672")
+            .unwrap_err();
+        assert_eq!(error.argument, "amqp endpoint");
+        let error = config.clone().management_endpoint("ftp://h/").unwrap_err();
+        assert_eq!(error.problem, "must be an http(s) URL");
+    }
+
+    #[test]
+    fn plain_text_endpoints_are_accepted_on_loopback_with_tls_or_with_the_opt_in() {
+        let config = ServiceBusConfig::connection_string(CS, "app").unwrap();
+        for (management, amqp) in [
+            ("http://127.0.0.1:5300/", "amqp://127.0.0.1:5672"),
+            ("http://[::1]:5300/", "amqp://[::1]:5672"),
+            ("http://localhost:5300/", "amqp://localhost:5672"),
+            ("https://mgmt.example.net/", "amqps://amqp.example.net:5671"),
+        ] {
+            let config = config
+                .clone()
+                .management_endpoint(management)
+                .unwrap()
+                .amqp_endpoint(amqp)
+                .unwrap();
+            assert_eq!(config.management_endpoint_override(), Some(management));
+        }
+        let config = config
+            .allow_insecure_endpoint()
+            .management_endpoint("http://mgmt.example.net:5300/")
+            .unwrap()
+            .amqp_endpoint("amqp://10.0.0.7:5672")
+            .unwrap();
+        assert!(config.allows_insecure_endpoint());
+        assert_eq!(
+            config.amqp_endpoint_override(),
+            Some("amqp://10.0.0.7:5672")
+        );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "127.0.0.1",
+            "127.255.255.254",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "128.0.0.1",
+            "10.0.0.1",
+            "[2001:db8::1]",
+            "localhost.example.net",
+            "my-ns.servicebus.windows.net",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
         }
     }
 

@@ -9,7 +9,7 @@ use azure_core::credentials::TokenCredential;
 use keyvault_invalidator_core::{ProviderErrorKind, SourceError};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Authorization, ServiceBusConfig};
+use crate::config::{is_loopback_host, Authorization, ServiceBusConfig};
 use crate::connection_string::{ConnectionString, SharedAccess, AMQPS_PORT};
 use crate::management_client::{ManagementAuth, ManagementClient, SERVICE_BUS_SCOPE};
 use crate::sas::sas_token;
@@ -136,6 +136,19 @@ pub(crate) async fn resolve(
                     "the secret under `{key}` is not a Service Bus connection string"
                 ))
             })?;
+            // Checked here, not at build time: the string is only known once read.
+            if cs.is_development_emulator()
+                && !config.allows_insecure_endpoint()
+                && !is_loopback_host(cs.namespace())
+            {
+                return Err(SourceError::fatal(format!(
+                    "the connection string under `{key}` sets `UseDevelopmentEmulator=true` \
+                     with `{}`, which is not a loopback host, and would send the tokens \
+                     unencrypted; use the emulator on 127.0.0.1, or opt in with \
+                     `ServiceBusConfig::allow_insecure_endpoint`",
+                    cs.namespace()
+                )));
+            }
             from_connection_string(&cs, config)
         }
     };
@@ -225,4 +238,51 @@ fn from_connection_string(
         ),
         topic,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use keyvault_invalidator_core::SourceErrorKind;
+    use keyvault_invalidator_secrets::StaticProvider;
+
+    use super::*;
+
+    const REMOTE_EMULATOR: &str = "Endpoint=sb://servicebus-emulator:5672;SharedAccessKeyName=k;SharedAccessKey=s3cr3t-key;UseDevelopmentEmulator=true;EntityPath=t";
+
+    fn from_store(connection_string: &str) -> ServiceBusConfig {
+        let store = StaticProvider::new([("sb", connection_string)]);
+        ServiceBusConfig::connection_string_from_store(store, "sb", "app").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_remote_emulator_string_from_the_store_is_refused_at_connect() {
+        let Err(error) = resolve(&from_store(REMOTE_EMULATOR), "app-1").await else {
+            panic!("a remote emulator string must be refused");
+        };
+        assert_eq!(error.kind, SourceErrorKind::Fatal);
+        assert_eq!(
+            error.message,
+            "the connection string under `sb` sets `UseDevelopmentEmulator=true` with \
+             `servicebus-emulator`, which is not a loopback host, and would send the tokens \
+             unencrypted; use the emulator on 127.0.0.1, or opt in with \
+             `ServiceBusConfig::allow_insecure_endpoint`"
+        );
+        assert!(!format!("{error:?}").contains("s3cr3t-key"));
+    }
+
+    #[tokio::test]
+    async fn a_remote_emulator_string_from_the_store_is_used_with_the_opt_in() {
+        let config = from_store(REMOTE_EMULATOR).allow_insecure_endpoint();
+        let Ok(target) = resolve(&config, "app-1").await else {
+            panic!("the opt-in accepts it");
+        };
+        assert_eq!(target.amqp_url.as_str(), "amqp://servicebus-emulator:5672");
+        assert_eq!(target.topic, "t");
+
+        let local = REMOTE_EMULATOR.replace("servicebus-emulator", "127.0.0.1");
+        let Ok(target) = resolve(&from_store(&local), "app-1").await else {
+            panic!("a loopback emulator needs no opt-in");
+        };
+        assert_eq!(target.amqp_url.as_str(), "amqp://127.0.0.1:5672");
+    }
 }
