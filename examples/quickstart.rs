@@ -20,12 +20,17 @@ const CACHE_KEY: &str = "ServiceBus:ConnectionString";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,keyvault_invalidator_core=info".into()),
         )
         .with_target(false)
+        .finish()
+        // Never lapin's frames at trace, whatever RUST_LOG says: see `without_amqp_trace`.
+        .with(without_amqp_trace())
         .init();
 
     // The vault holds the secret under its Key Vault name; the application reads it under its
@@ -132,4 +137,22 @@ fn short(version: Option<&str>) -> &str {
 /// Shows that a value is there without showing it.
 fn mask(value: &str) -> String {
     format!("{} characters, masked", value.len())
+}
+
+/// The log filter: `RUST_LOG` (or the default above), except that the AMQP clients' `trace`
+/// level is always off.
+///
+/// At `trace`, lapin logs every AMQP frame it sends, the login frame too, whose bytes are the
+/// user name and the password; and `RUST_LOG=trace` (or `lapin::channel=trace`) is a common
+/// thing to set while debugging. A `lapin=debug` directive added to the `EnvFilter` would lose
+/// to a more specific one the user writes, so this is a filter of its own, applied after
+/// `RUST_LOG`: nothing from `lapin` or the `amq_protocol*` crates at `trace` ever reaches the
+/// output.
+fn without_amqp_trace() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|metadata| {
+        // The crate is the target's first segment: `lapin`, `amq_protocol`, `amq_protocol_tcp`...
+        let krate = metadata.target().split("::").next().unwrap_or_default();
+        let amqp = krate == "lapin" || krate.starts_with("amq_protocol");
+        !(amqp && *metadata.level() == tracing_subscriber::filter::LevelFilter::TRACE)
+    })
 }

@@ -24,6 +24,8 @@ const VAULT: &str = "demo-kv";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -31,6 +33,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         )
         .with_target(false)
+        .finish()
+        // Never lapin's frames at trace, whatever RUST_LOG says: see `without_amqp_trace`.
+        .with(without_amqp_trace())
         .init();
     let demo = std::env::args().any(|a| a == "--demo");
     let url = std::env::var("RABBITMQ_URL")
@@ -115,4 +120,22 @@ async fn publish(url: &str, body: &[u8]) -> Result<(), Box<dyn std::error::Error
 
 fn tail(version: Option<&str>) -> &str {
     version.map_or("", |v| &v[v.len().saturating_sub(6)..])
+}
+
+/// The log filter: `RUST_LOG` (or the default above), except that the AMQP clients' `trace`
+/// level is always off.
+///
+/// At `trace`, lapin logs every AMQP frame it sends, the login frame too, whose bytes are the
+/// user name and the password; and `RUST_LOG=trace` (or `lapin::channel=trace`) is a common
+/// thing to set while debugging. A `lapin=debug` directive added to the `EnvFilter` would lose
+/// to a more specific one the user writes, so this is a filter of its own, applied after
+/// `RUST_LOG`: nothing from `lapin` or the `amq_protocol*` crates at `trace` ever reaches the
+/// output.
+fn without_amqp_trace() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|metadata| {
+        // The crate is the target's first segment: `lapin`, `amq_protocol`, `amq_protocol_tcp`...
+        let krate = metadata.target().split("::").next().unwrap_or_default();
+        let amqp = krate == "lapin" || krate.starts_with("amq_protocol");
+        !(amqp && *metadata.level() == tracing_subscriber::filter::LevelFilter::TRACE)
+    })
 }

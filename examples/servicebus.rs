@@ -37,6 +37,8 @@ const SECRET: &str = "db-password";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -44,6 +46,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         )
         .with_target(false)
+        .finish()
+        // Never lapin's frames at trace, whatever RUST_LOG says: see `without_amqp_trace`.
+        .with(without_amqp_trace())
         .init();
     if std::env::args().any(|a| a == "--emulator") {
         emulated().await
@@ -148,4 +153,22 @@ async fn against_azure() -> Result<(), Box<dyn std::error::Error>> {
         stats.received, stats.invalidated, stats.dead_lettered
     );
     Ok(())
+}
+
+/// The log filter: `RUST_LOG` (or the default above), except that the AMQP clients' `trace`
+/// level is always off.
+///
+/// At `trace`, lapin logs every AMQP frame it sends, the login frame too, whose bytes are the
+/// user name and the password; and `RUST_LOG=trace` (or `lapin::channel=trace`) is a common
+/// thing to set while debugging. A `lapin=debug` directive added to the `EnvFilter` would lose
+/// to a more specific one the user writes, so this is a filter of its own, applied after
+/// `RUST_LOG`: nothing from `lapin` or the `amq_protocol*` crates at `trace` ever reaches the
+/// output.
+fn without_amqp_trace() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|metadata| {
+        // The crate is the target's first segment: `lapin`, `amq_protocol`, `amq_protocol_tcp`...
+        let krate = metadata.target().split("::").next().unwrap_or_default();
+        let amqp = krate == "lapin" || krate.starts_with("amq_protocol");
+        !(amqp && *metadata.level() == tracing_subscriber::filter::LevelFilter::TRACE)
+    })
 }
