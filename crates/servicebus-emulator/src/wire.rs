@@ -28,6 +28,14 @@
 //!   entity deliveries and sends the emulator's own settled disposition instead
 //!   ([`Wire::settle`]): the outcome applied, or Rejected with
 //!   `com.microsoft:message-lock-lost` when the lock was gone, as the service does.
+//! - **Frames a client pipelines after its `begin`** (an `attach`, a `flow` sent before the
+//!   engine's `begin` came back, as AMQP allows and azure-sdk-for-python does): fe2o3's
+//!   listener hands a remote `begin` to the session acceptor through a queue and maps the
+//!   channel only once the acceptor took it; a frame for that channel in between finds no
+//!   session, and the engine closes the whole connection with `amqp:not-found`
+//!   (`ConnectionEngine::forward_to_session` in fe2o3's `connection/engine.rs`; a CI run met it
+//!   as a Python sender failing at open). The relay holds such frames back until the engine's
+//!   answering `begin` goes out, then passes them on in order.
 //! - **The engine's `close` with an error**: written with all three fields of the error
 //!   (`condition`, `description`, `info`); fe2o3 leaves out the trailing empty ones, and
 //!   azure-sdk-for-python's `Connection._incoming_close` indexes all three (an `IndexError`
@@ -84,6 +92,10 @@ struct WireState {
     /// Entity deliveries by (engine channel, delivery id).
     deliveries: HashMap<(u16, DeliveryNumber), Tracked>,
     by_token: HashMap<uuid::Uuid, (u16, DeliveryNumber)>,
+    /// Client channels whose `begin` the engine has not answered yet, with the frames held
+    /// back for them (see the module docs); `true` once the answer went out and the inbound
+    /// side may pass them on.
+    beginning: HashMap<u16, (bool, Vec<u8>)>,
 }
 
 /// A connection's relay state, shared with the links that settle its deliveries.
@@ -91,6 +103,8 @@ struct WireState {
 pub(crate) struct Wire {
     state: Mutex<WireState>,
     frames: mpsc::UnboundedSender<Vec<u8>>,
+    /// Woken when held-back frames may go to the engine.
+    released: tokio::sync::Notify,
 }
 
 impl Wire {
@@ -137,6 +151,27 @@ impl Wire {
     }
 }
 
+impl Wire {
+    /// The held-back frames of every session the engine has answered, in order, to write to
+    /// the engine now.
+    fn take_released(&self) -> Vec<u8> {
+        let mut wire = self.lock();
+        let released: Vec<u16> = wire
+            .beginning
+            .iter()
+            .filter(|(_, (answered, _))| *answered)
+            .map(|(channel, _)| *channel)
+            .collect();
+        let mut out = Vec::new();
+        for channel in released {
+            if let Some((_, held)) = wire.beginning.remove(&channel) {
+                out.extend_from_slice(&held);
+            }
+        }
+        out
+    }
+}
+
 impl WireState {
     fn forget(&mut self, key: (u16, DeliveryNumber)) {
         if let Some(tracked) = self.deliveries.remove(&key) {
@@ -174,6 +209,7 @@ pub(crate) fn relay(
     let wire = Arc::new(Wire {
         state: Mutex::new(WireState::default()),
         frames: frames_tx,
+        released: tokio::sync::Notify::new(),
     });
     let task = run(tcp, near, wire.clone(), frames_rx);
     (wire, task)
@@ -191,15 +227,25 @@ async fn run(
         let mut buffer = vec![0u8; 16 * 1024];
         let mut frames = Framer::default();
         loop {
-            let read = from_client.read(&mut buffer).await?;
-            if read == 0 {
-                return to_engine.shutdown().await;
+            tokio::select! {
+                read = from_client.read(&mut buffer) => {
+                    let read = read?;
+                    if read == 0 {
+                        return to_engine.shutdown().await;
+                    }
+                    // Quick-ack mode is not permanent: Linux leaves it again on its own, so it
+                    // is set again after every read, which also sends an ACK that was being
+                    // held back.
+                    let _ = SockRef::from(from_client.as_ref()).set_tcp_quickack(true);
+                    let out = frames.push(&buffer[..read], |frame| inbound_frame(&wire, frame));
+                    to_engine.write_all(&out).await?;
+                }
+                () = wire.released.notified() => {}
             }
-            // Quick-ack mode is not permanent: Linux leaves it again on its own, so it is set
-            // again after every read, which also sends an ACK that was being held back.
-            let _ = SockRef::from(from_client.as_ref()).set_tcp_quickack(true);
-            let out = frames.push(&buffer[..read], |frame| inbound_frame(&wire, frame));
-            to_engine.write_all(&out).await?;
+            let held = wire.take_released();
+            if !held.is_empty() {
+                to_engine.write_all(&held).await?;
+            }
         }
     };
     let outbound = async {
@@ -306,6 +352,22 @@ fn frame(channel: u16, body: &[u8]) -> Vec<u8> {
 
 fn inbound_frame(wire: &Wire, raw: &[u8]) -> Option<Vec<u8>> {
     let (channel, code, body) = parse(raw)?;
+    {
+        let mut state = wire.lock();
+        if let Some((_, held)) = state.beginning.get_mut(&channel) {
+            // Held until the engine has the session (see the module docs): dropped here,
+            // written later by the inbound side.
+            held.extend_from_slice(raw);
+            return Some(Vec::new());
+        }
+        if code == BEGIN {
+            let begin: Begin = serde_amqp::from_slice(body).ok()?;
+            if begin.remote_channel.is_none() {
+                state.beginning.insert(channel, (false, Vec::new()));
+            }
+            return None;
+        }
+    }
     match code {
         OPEN => {
             let mut open: Open = serde_amqp::from_slice(body).ok()?;
@@ -345,7 +407,12 @@ fn outbound_frame(wire: &Wire, raw: &[u8]) -> Option<Vec<u8>> {
         BEGIN => {
             let begin: Begin = serde_amqp::from_slice(body).ok()?;
             if let Some(remote) = begin.remote_channel {
-                wire.lock().channels.insert(remote, channel);
+                let mut state = wire.lock();
+                state.channels.insert(remote, channel);
+                if let Some((answered, _)) = state.beginning.get_mut(&remote) {
+                    *answered = true;
+                    wire.released.notify_one();
+                }
             }
             None
         }
@@ -706,6 +773,7 @@ mod tests {
         Wire {
             state: Mutex::new(WireState::default()),
             frames: mpsc::unbounded_channel().0,
+            released: tokio::sync::Notify::new(),
         }
     }
 
