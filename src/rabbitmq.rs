@@ -20,7 +20,7 @@ use keyvault_invalidator_core::{Invalidator, Job, JobHandle};
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cache = CachedSecretProvider::new(Vault);
 /// let job = keyvault_invalidator::rabbitmq::spawn_job(
-///     "amqp://app:password@rabbitmq:5672/%2f",
+///     "amqps://app:password@rabbitmq:5671/%2f",
 ///     "orders-api",
 ///     KeyVaultInvalidator::builder(cache.clone()).allow_vault("orders-kv").build(),
 /// )?;
