@@ -30,7 +30,12 @@ pub(crate) const LOGIN_REFUSED: &str = "login refused: check the user name and p
 /// missing queue, refused credentials) are fatal; everything else (a broker restart, a network
 /// cut, a forced close) is transient. lapin's messages never hold the password.
 pub(crate) fn classify(error: lapin::Error, doing: &str) -> LinkError {
-    classify_at(error, doing, doing == CONNECTING)
+    classify_at(error, doing, false)
+}
+
+/// [`classify`] for opening the connection, where the login happens.
+pub(crate) fn classify_login(error: lapin::Error) -> LinkError {
+    classify_at(error, CONNECTING, true)
 }
 
 /// [`classify`], told whether the error came from opening the connection (`at_login`).
@@ -41,7 +46,7 @@ pub(crate) fn classify(error: lapin::Error, doing: &str) -> LinkError {
 /// lapin reports a client-side SASL failure as `AuthProviderError`. The same 403 on a channel
 /// later (declaring, consuming) is a missing permission, and 530 (NOT_ALLOWED) at connect is a
 /// virtual host the user may not use: both keep pointing at permissions.
-pub(crate) fn classify_at(error: lapin::Error, doing: &str, at_login: bool) -> LinkError {
+fn classify_at(error: lapin::Error, doing: &str, at_login: bool) -> LinkError {
     let (kind, why) = match error.kind() {
         ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => (
@@ -92,7 +97,7 @@ mod tests {
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
             "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN",
         );
-        let link = classify(error, CONNECTING);
+        let link = classify_login(error);
         assert_eq!(link.kind, SourceErrorKind::Fatal);
         assert!(
             link.message.starts_with(
@@ -107,7 +112,7 @@ mod tests {
     #[test]
     fn a_client_side_authentication_failure_is_a_refused_login() {
         let error: lapin::Error = ErrorKind::AuthProviderError("no mechanism".into()).into();
-        let link = classify(error, CONNECTING);
+        let link = classify_login(error);
         assert_eq!(link.kind, SourceErrorKind::Fatal);
         assert!(
             link.message.starts_with(
@@ -138,7 +143,7 @@ mod tests {
             AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
             "NOT_ALLOWED - access to vhost 'x' refused",
         );
-        let link = classify(error, CONNECTING);
+        let link = classify_login(error);
         assert!(
             link.message.starts_with(
                 "connecting to RabbitMQ: access was refused (check the user's permissions) ("

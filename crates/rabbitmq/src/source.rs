@@ -20,7 +20,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 
 use crate::config::{QueueMode, RabbitMqConfig};
-use crate::errors::{classify, LinkError};
+use crate::errors::{classify, classify_login, LinkError};
 use crate::topology;
 
 /// The header that carries how many times this source delivered a message before it abandoned
@@ -186,7 +186,7 @@ impl RabbitMqSource {
             ConnectionProperties::default().with_connection_name(config.connection_name().into());
         let connection = Connection::connect(&config.uri, properties)
             .await
-            .map_err(|e| classify(e, "connecting to RabbitMQ"))?;
+            .map_err(classify_login)?;
         let channel = connection
             .create_channel()
             .await
