@@ -784,3 +784,65 @@ async fn shutdown_cancels_only_the_jobs_own_token_and_the_applications_token_sto
     assert_eq!(stats, StatsSnapshot::default());
     assert!(second_source.publisher().is_closed());
 }
+
+/// A source that breaks the contract: it hands out up to two more deliveries than asked for.
+struct Greedy(InMemoryEventSource);
+
+#[async_trait::async_trait]
+impl keyvault_invalidator_core::EventSource for Greedy {
+    async fn receive(
+        &self,
+        max: usize,
+    ) -> Result<Vec<keyvault_invalidator_core::Delivery>, keyvault_invalidator_core::SourceError>
+    {
+        self.0.receive(max + 2).await
+    }
+
+    async fn settle(
+        &self,
+        token: keyvault_invalidator_core::DeliveryToken,
+        settlement: keyvault_invalidator_core::Settlement,
+    ) -> Result<(), keyvault_invalidator_core::SourceError> {
+        self.0.settle(token, settlement).await
+    }
+
+    async fn close(&self) -> Result<(), keyvault_invalidator_core::SourceError> {
+        self.0.close().await
+    }
+}
+
+#[tokio::test]
+async fn deliveries_beyond_what_the_job_asked_for_are_abandoned_and_handled_when_they_come_back() {
+    let (source, cache) = (InMemoryEventSource::new(), RecordingCache::new());
+    let publisher = source.publisher();
+    for (id, name) in [("m1", "a"), ("m2", "b"), ("m3", "c")] {
+        publisher.publish(id, secret_event(name).event_grid_bytes());
+    }
+    let invalidator = KeyVaultInvalidator::builder(cache.clone())
+        .allow_vault("prod-kv")
+        .build();
+    // One at a time: the job asks for one delivery and gets three.
+    let handle = fast(Job::builder(Greedy(source.clone()), invalidator))
+        .concurrency(1)
+        .spawn();
+
+    // m1 is handled, m2 and m3 handed back untouched at once; then m2 is handled and m3 (an
+    // extra again) handed back once more; then m3 is handled.
+    let log = publisher.wait_for_settlements(6).await;
+    assert_eq!(
+        log.abandoned(),
+        vec![
+            ("m2".to_owned(), 1),
+            ("m3".to_owned(), 1),
+            ("m3".to_owned(), 2)
+        ],
+    );
+    let mut completed = log.completed();
+    completed.sort();
+    assert_eq!(completed, vec!["m1", "m2", "m3"]);
+    let mut invalidated = cache.invalidated();
+    invalidated.sort();
+    assert_eq!(invalidated, vec!["a", "b", "c"], "each secret once");
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!((stats.completed, stats.invalidated), (3, 3));
+}

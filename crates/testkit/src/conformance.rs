@@ -162,15 +162,19 @@ pub async fn receive_some<S: EventSource + ?Sized>(
         .unwrap_or_else(|_| panic!("{what}: nothing was delivered within {ARRIVAL_TIMEOUT:?}"))
 }
 
-/// Asserts that nothing is delivered for [`QUIET_PERIOD`].
+/// Asserts that nothing is delivered for [`QUIET_PERIOD`], and that the source does not fail
+/// meanwhile: a source that errors is not quiet, it is broken, and hiding that would let a
+/// check pass that should not.
 pub async fn assert_quiet<S: EventSource + ?Sized>(source: &S, what: &str) {
-    if let Ok(Ok(batch)) = tokio::time::timeout(QUIET_PERIOD, source.receive(10)).await {
-        assert!(
+    match tokio::time::timeout(QUIET_PERIOD, source.receive(10)).await {
+        Err(_) => {}
+        Ok(Ok(batch)) => assert!(
             batch.is_empty(),
             "{what}: expected no delivery, got {} (first: {:?})",
             batch.len(),
             batch.first()
-        );
+        ),
+        Ok(Err(error)) => panic!("{what}: expected no delivery, but receive failed: {error}"),
     }
 }
 
