@@ -285,6 +285,15 @@ fn map(entries: Vec<(&str, Value)>) -> Value {
     )
 }
 
+/// The answer for a request on a subscription that is gone.
+fn entity_not_found() -> Answer {
+    Answer::failed(
+        404,
+        "amqp:not-found",
+        "The messaging entity could not be found.",
+    )
+}
+
 fn renew_lock(conn: &Conn, entity: &Entity, body: &OrderedMap<Value, Value>) -> Answer {
     let Some(tokens) = lock_tokens(body) else {
         return Answer::failed(
@@ -298,11 +307,7 @@ fn renew_lock(conn: &Conn, entity: &Entity, body: &OrderedMap<Value, Value>) -> 
         .entities
         .subscription_mut(&entity.topic, &entity.subscription)
     else {
-        return Answer::failed(
-            404,
-            "amqp:not-found",
-            "The messaging entity could not be found.",
-        );
+        return entity_not_found();
     };
     let now = Instant::now();
     let mut expirations = Vec::with_capacity(tokens.len());
@@ -353,11 +358,7 @@ fn peek(conn: &Conn, entity: &Entity, body: &OrderedMap<Value, Value>) -> Answer
             .entities
             .subscription_mut(&entity.topic, &entity.subscription)
         else {
-            return Answer::failed(
-                404,
-                "amqp:not-found",
-                "The messaging entity could not be found.",
-            );
+            return entity_not_found();
         };
         sub.expire_locks(Instant::now());
         sub.peek(entity.queue, from, count)
@@ -422,11 +423,7 @@ fn update_disposition(conn: &Conn, entity: &Entity, body: &OrderedMap<Value, Val
         .entities
         .subscription_mut(&entity.topic, &entity.subscription)
     else {
-        return Answer::failed(
-            404,
-            "amqp:not-found",
-            "The messaging entity could not be found.",
-        );
+        return entity_not_found();
     };
     let now = Instant::now();
     let mut lost = false;
