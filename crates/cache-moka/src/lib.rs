@@ -6,6 +6,11 @@
 //!   readers there are;
 //! - **refresh-ahead** (the default [`RefreshMode`]): a new-version event loads the new value and
 //!   swaps it in while readers keep getting the previous one; they never wait for the vault.
+//!   The event is answered `Ok` (and the job settles its delivery) only once the cache holds
+//!   the event's version or a newer one: a provider still answering an older version (a
+//!   lagging replica) makes it read the event's version by id
+//!   ([`SecretProvider::get_secret_version`]), and a failure that may pass is a retryable
+//!   error, with the provider's `Retry-After`, so the job retries the event.
 //!   [`RefreshMode::Invalidate`] drops the entry instead and the next reader loads;
 //! - **version awareness**: an event for the version already cached, or for an older one
 //!   (a version it replaced, or an event from before the cached version was created), costs

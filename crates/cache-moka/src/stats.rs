@@ -17,6 +17,8 @@ pub(crate) struct Counters {
     pub(crate) duplicate_events: AtomicU64,
     pub(crate) older_events: AtomicU64,
     pub(crate) overtaken_loads: AtomicU64,
+    pub(crate) version_reads: AtomicU64,
+    pub(crate) deferred_events: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -74,6 +76,12 @@ pub struct CacheStats {
     pub older_events: u64,
     /// Loads whose result an invalidation made stale before it was used.
     pub overtaken_loads: u64,
+    /// Reads of an event's exact version, after the provider's current version was older than
+    /// the event's or could not be placed (also counted in `loads`).
+    pub version_reads: u64,
+    /// New-version events answered "retry later" without a provider call, because a backoff
+    /// or the provider's `Retry-After` was still running.
+    pub deferred_events: u64,
     /// Entries in the cache now (approximate, as moka counts them).
     pub entries: u64,
 }
@@ -92,6 +100,8 @@ impl Counters {
             duplicate_events: get(&self.duplicate_events),
             older_events: get(&self.older_events),
             overtaken_loads: get(&self.overtaken_loads),
+            version_reads: get(&self.version_reads),
+            deferred_events: get(&self.deferred_events),
             entries,
         }
     }

@@ -164,10 +164,12 @@ async fn throttled_with_retry_after_serves_the_stale_value_and_waits_at_least_th
         },
     );
 
-    cache
+    let error = cache
         .new_version("db-password", &NewVersion::to(&v2))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(error.retryable, "{error}");
+    assert_eq!(error.retry_after, Some(Duration::from_secs(2)));
     let throttled_at = Instant::now();
     assert_eq!(
         value(&cache.get("db-password").await.unwrap()),
@@ -184,6 +186,17 @@ async fn throttled_with_retry_after_serves_the_stale_value_and_waits_at_least_th
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         vault.calls("db-password"),
+        2,
+        "nothing calls the vault by itself: the job's retry or a read does"
+    );
+    assert_eq!(
+        value(&cache.get("db-password").await.unwrap()),
+        "v1",
+        "the read that finds the retry due is served the stale value and starts the refresh"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        vault.calls("db-password"),
         3,
         "one retry once Retry-After passed"
     );
@@ -192,8 +205,13 @@ async fn throttled_with_retry_after_serves_the_stale_value_and_waits_at_least_th
     let stats = cache.stats();
     assert_eq!(
         (stats.stale_serves, stats.refreshes, stats.load_errors),
-        (2, 1, 1)
+        (3, 1, 1)
     );
+    cache
+        .new_version("db-password", &NewVersion::to(&v2))
+        .await
+        .expect("the event's retry finds the version in the cache");
+    assert_eq!(vault.calls("db-password"), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -207,10 +225,12 @@ async fn past_the_staleness_bound_readers_get_the_error() {
     let v2 = vault.rotate("db-password", "v2");
     vault.fail_next(1_000, ProviderErrorKind::Transient);
 
-    cache
+    let error = cache
         .new_version("db-password", &NewVersion::to(&v2))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(error.retryable, "{error}");
+    assert_eq!(error.retry_after, None);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(value(&cache.get("db-password").await.unwrap()), "v1");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -384,14 +404,162 @@ async fn per_secret_numbers_show_version_age_and_overdue_time() {
 
     let v2 = vault.rotate("db-password", "v2");
     vault.fail_next(100, ProviderErrorKind::Transient);
-    cache
+    let error = cache
         .new_version("db-password", &NewVersion::to(&v2))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(error.retryable, "{error}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let info = &cache.secrets()[0];
     assert_eq!(
         (info.age, info.overdue),
         (Duration::from_secs(8), Some(Duration::from_secs(3)))
+    );
+}
+
+#[tokio::test]
+async fn a_lagging_answer_created_before_the_event_is_older_and_the_events_version_is_read() {
+    let (vault, cache) = warm().await;
+    vault.rotate("db-password", "v2");
+    let v3 = vault.rotate("db-password", "v3");
+    vault.lag_next(1);
+    let change = NewVersion {
+        version: Some(v3.clone()),
+        event_time: Some(Utc::now() + chrono::Duration::seconds(1)),
+    };
+
+    cache.new_version("db-password", &change).await.unwrap();
+
+    assert_eq!(
+        cache.secret_info("db-password").await.unwrap().version,
+        Some(v3)
+    );
+    assert_eq!(value(&cache.get("db-password").await.unwrap()), "v3");
+    assert_eq!(
+        (vault.calls("db-password"), cache.stats().version_reads),
+        (3, 1),
+        "warm-up, v2 (created before the event: older), v3 by id"
+    );
+}
+
+#[tokio::test]
+async fn a_version_created_after_the_event_is_newer_and_is_kept_without_reading_the_events() {
+    let (vault, cache) = warm().await;
+    let v2 = vault.rotate("db-password", "v2");
+    // Creation times are the wall clock's: space v1, the event and v3 apart on it.
+    std::thread::sleep(Duration::from_millis(5));
+    let event_time = Utc::now();
+    std::thread::sleep(Duration::from_millis(5));
+    let v3 = vault.rotate("db-password", "v3");
+    let change = NewVersion {
+        version: Some(v2),
+        event_time: Some(event_time),
+    };
+
+    cache.new_version("db-password", &change).await.unwrap();
+
+    assert_eq!(
+        cache.secret_info("db-password").await.unwrap().version,
+        Some(v3)
+    );
+    assert_eq!(
+        (vault.calls("db-password"), cache.stats().version_reads),
+        (2, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_provider_asks_to_wait_an_event_is_deferred_without_a_call() {
+    let (vault, cache) = warm().await;
+    let v2 = vault.rotate("db-password", "v2");
+    vault.fail_next(
+        1,
+        ProviderErrorKind::Throttled {
+            retry_after: Some(Duration::from_secs(5)),
+        },
+    );
+    let change = NewVersion::to(&v2);
+    let first = cache.new_version("db-password", &change).await.unwrap_err();
+    assert_eq!(first.retry_after, Some(Duration::from_secs(5)));
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deferred = cache.new_version("db-password", &change).await.unwrap_err();
+    assert!(deferred.retryable);
+    assert_eq!(deferred.retry_after, Some(Duration::from_secs(4)));
+    assert_eq!(
+        std::error::Error::source(&deferred).map(|s| s.to_string()),
+        Some("secret `db-password`: throttled (retry after 5000 ms): injected failure".to_owned()),
+        "the error that set the wait is the source"
+    );
+    assert_eq!(
+        (vault.calls("db-password"), cache.stats().deferred_events),
+        (2, 1)
+    );
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cache.new_version("db-password", &change).await.unwrap();
+    assert_eq!(
+        cache.secret_info("db-password").await.unwrap().version,
+        Some(v2)
+    );
+    assert_eq!(vault.calls("db-password"), 3);
+}
+
+#[tokio::test]
+async fn a_secret_gone_from_the_provider_is_dropped_and_the_event_succeeds() {
+    let (vault, cache) = warm().await;
+    let v2 = vault.rotate("db-password", "v2");
+    vault.fail_next(1, ProviderErrorKind::NotFound);
+
+    cache
+        .new_version("db-password", &NewVersion::to(&v2))
+        .await
+        .unwrap();
+
+    assert_eq!(cache.secret_info("db-password").await, None);
+    assert_eq!(vault.calls("db-password"), 2);
+}
+
+#[tokio::test]
+async fn a_name_the_provider_rejects_is_a_permanent_error_and_the_value_stays() {
+    let (vault, cache) = warm().await;
+    let v1 = vault.current_version("db-password");
+    let v2 = vault.rotate("db-password", "v2");
+    vault.fail_next(1, ProviderErrorKind::InvalidName);
+
+    let error = cache
+        .new_version("db-password", &NewVersion::to(&v2))
+        .await
+        .unwrap_err();
+
+    assert!(!error.retryable);
+    assert_eq!(
+        error.to_string(),
+        "cache entry `db-password`: refreshing failed and will not pass: secret `db-password`: invalid name: injected failure"
+    );
+    assert_eq!(cache.secret_info("db-password").await.unwrap().version, v1);
+}
+
+#[tokio::test]
+async fn reading_a_version_through_the_cache_answers_the_cached_one_without_a_call() {
+    use keyvault_invalidator_core::SecretProvider;
+    let (vault, cache) = warm().await;
+    let v1 = vault.current_version("db-password").unwrap();
+    let v2 = vault.rotate("db-password", "v2");
+
+    let cached = cache.get_secret_version("db-password", &v1).await.unwrap();
+    assert_eq!(
+        (value(&cached), vault.calls("db-password")),
+        ("v1".to_owned(), 1)
+    );
+    let other = cache.get_secret_version("db-password", &v2).await.unwrap();
+    assert_eq!(
+        (value(&other), vault.calls("db-password")),
+        ("v2".to_owned(), 2)
+    );
+    assert_eq!(
+        cache.secret_info("db-password").await.unwrap().version,
+        Some(v1),
+        "a version read is not cached"
     );
 }

@@ -1,5 +1,7 @@
 //! What the job changes: the [`SecretCache`] trait.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -10,9 +12,14 @@ pub trait SecretCache: Send + Sync {
     /// was cached.
     async fn invalidate(&self, key: &str) -> Result<(), CacheError>;
 
-    /// A new version of `key` exists. The default drops the entry; a cache that knows versions
-    /// may ignore a version it already holds (or an older one) and reload in the background
-    /// instead.
+    /// A new version of `key` exists. The default drops the entry.
+    ///
+    /// The job settles the event's delivery once this returns `Ok`, so `Ok` must mean the cache
+    /// no longer serves what the event replaced: it holds the event's version or a newer one,
+    /// or nothing for `key`. A cache that knows versions may ignore a version it already holds
+    /// (or an older one), and one that refreshes ahead loads the new version before answering;
+    /// when that load fails and may pass, it answers a [retryable](CacheError::retryable)
+    /// error (with the provider's `Retry-After`, when it gave one), and the job retries.
     async fn new_version(&self, key: &str, change: &NewVersion) -> Result<(), CacheError> {
         let _ = change;
         self.invalidate(key).await
@@ -61,6 +68,8 @@ pub struct CacheError {
     pub message: String,
     /// Whether trying again may help.
     pub retryable: bool,
+    /// Not before this long: the backend's `Retry-After`, when it gave one.
+    pub retry_after: Option<Duration>,
     /// The underlying error.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -73,6 +82,7 @@ impl CacheError {
             key: key.into(),
             message: message.into(),
             retryable: true,
+            retry_after: None,
             source: None,
         }
     }
@@ -83,5 +93,19 @@ impl CacheError {
             retryable: false,
             ..Self::retryable(key, message)
         }
+    }
+}
+
+impl CacheError {
+    /// Sets how long to wait before trying again.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
     }
 }

@@ -1,6 +1,7 @@
 //! What an event means for the cache: the [`Invalidator`] trait and its outcome.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -86,6 +87,10 @@ pub struct InvalidationError {
     pub message: String,
     /// Whether retrying later can help (the job abandons and retries) or not (it dead-letters).
     pub retryable: bool,
+    /// Wait at least this long before the retry: the backend's `Retry-After`, when it gave one.
+    /// The job's pause before it abandons is the longer of this (up to its backoff's `max`)
+    /// and its backoff.
+    pub retry_after: Option<Duration>,
     /// The underlying error.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -97,6 +102,7 @@ impl InvalidationError {
         InvalidationError {
             message: message.into(),
             retryable: true,
+            retry_after: None,
             source: None,
         }
     }
@@ -106,6 +112,7 @@ impl InvalidationError {
         InvalidationError {
             message: message.into(),
             retryable: false,
+            retry_after: None,
             source: None,
         }
     }
@@ -116,6 +123,7 @@ impl From<CacheError> for InvalidationError {
         InvalidationError {
             message: error.to_string(),
             retryable: error.retryable,
+            retry_after: error.retry_after,
             source: Some(Box::new(error)),
         }
     }

@@ -13,12 +13,61 @@ use secrecy::SecretString;
 pub trait SecretProvider: Send + Sync {
     /// The current version of the secret `name`.
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError>;
+
+    /// The version `version` of the secret `name`.
+    ///
+    /// A cache told of a new version reads this when the current version it read is not
+    /// provably that version or a newer one: a lagging replica, or a provider that answered
+    /// from elsewhere. Providers that can read a given version (Key Vault) override it.
+    ///
+    /// The default reads the current version and returns it when it is `version` (compared
+    /// without regard to case, as Key Vault's ids are) or when the provider knows no versions
+    /// at all (its one value is all it has). Otherwise it fails as
+    /// [`ProviderErrorKind::Transient`], naming both versions: the version may still arrive,
+    /// and the caller retries.
+    ///
+    /// ```
+    /// # use async_trait::async_trait;
+    /// # use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
+    /// struct OneVersion;
+    ///
+    /// #[async_trait]
+    /// impl SecretProvider for OneVersion {
+    ///     async fn get_secret(&self, _: &str) -> Result<Secret, ProviderError> {
+    ///         Ok(Secret::new("value").with_version("aaa"))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert_eq!(OneVersion.get_secret_version("db", "AAA").await.unwrap().version(), Some("aaa"));
+    /// let error = OneVersion.get_secret_version("db", "bbb").await.unwrap_err();
+    /// assert_eq!(error.kind, ProviderErrorKind::Transient);
+    /// # }
+    /// ```
+    async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, ProviderError> {
+        let secret = self.get_secret(name).await?;
+        match secret.version() {
+            None => Ok(secret),
+            Some(current) if current.eq_ignore_ascii_case(version) => Ok(secret),
+            Some(current) => Err(ProviderError::new(
+                name,
+                ProviderErrorKind::Transient,
+                format!(
+                    "version `{version}` was asked for; the provider answered `{current}` and cannot read a given version"
+                ),
+            )),
+        }
+    }
 }
 
 #[async_trait]
 impl<P: SecretProvider + ?Sized> SecretProvider for std::sync::Arc<P> {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
         (**self).get_secret(name).await
+    }
+
+    async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, ProviderError> {
+        (**self).get_secret_version(name, version).await
     }
 }
 

@@ -102,6 +102,19 @@ impl fmt::Debug for SecretStore {
 #[async_trait]
 impl SecretProvider for SecretStore {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
+        self.read(name, None).await
+    }
+
+    /// The given version, asked of the providers in the same order and by the same rules as
+    /// [`get_secret`](Self::get_secret): each provider's own
+    /// [`get_secret_version`](SecretProvider::get_secret_version) answers.
+    async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, ProviderError> {
+        self.read(name, Some(version)).await
+    }
+}
+
+impl SecretStore {
+    async fn read(&self, name: &str, version: Option<&str>) -> Result<Secret, ProviderError> {
         crate::error::reject_blank(name)?;
         let mut answers = Vec::new();
         // The first non-miss failure: once set, only fallback providers are asked, and it
@@ -112,7 +125,11 @@ impl SecretProvider for SecretStore {
                 continue;
             }
             let asked = source.names.apply(name);
-            match source.provider.get_secret(&asked).await {
+            let read = match version {
+                Some(version) => source.provider.get_secret_version(&asked, version).await,
+                None => source.provider.get_secret(&asked).await,
+            };
+            match read {
                 Ok(secret) => {
                     if failed.is_some() {
                         tracing::warn!(secret = name, provider = %source.label, "secret read from a fallback provider after a failure");

@@ -676,3 +676,43 @@ async fn values_never_show_in_debug_or_errors() {
         r#"SecretStore { providers: ["key-vault", "defaults"] }"#
     );
 }
+
+#[tokio::test]
+async fn a_version_is_read_from_the_first_provider_that_has_the_secret_by_the_same_rules() {
+    let empty = InMemoryVault::new();
+    let vault = InMemoryVault::new();
+    let v1 = vault.set("db-password", "first");
+    vault.rotate("db-password", "second");
+    let store = SecretStore::builder()
+        .add("empty", empty.clone())
+        .add_with_names("vault", vault.clone(), NameMapping::replace(":", "--"))
+        .build();
+
+    let old = store.get_secret_version("db-password", &v1).await.unwrap();
+    assert_eq!(
+        (old.value().expose_secret(), old.version()),
+        ("first", Some(v1.as_str()))
+    );
+    assert_eq!(
+        (empty.calls("db-password"), vault.calls("db-password")),
+        (1, 1)
+    );
+
+    vault.fail_next(1, ProviderErrorKind::Transient);
+    let later = InMemoryVault::new();
+    later.set("db-password", "default");
+    let store = SecretStore::builder()
+        .add("vault", vault.clone())
+        .add("later", later.clone())
+        .build();
+    let error = store
+        .get_secret_version("db-password", &v1)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ProviderErrorKind::Transient);
+    assert_eq!(
+        later.calls("db-password"),
+        0,
+        "a transient failure is not papered over by a later provider"
+    );
+}

@@ -39,6 +39,8 @@ struct State {
     next_version: u64,
     latency: Duration,
     faults: VecDeque<ProviderErrorKind>,
+    /// How many more reads of the current version answer the one before it.
+    lagging_reads: usize,
 }
 
 impl InMemoryVault {
@@ -99,6 +101,13 @@ impl InMemoryVault {
         self.lock().faults.extend(std::iter::repeat_n(kind, count));
     }
 
+    /// Makes the next `count` reads of the current version answer the version before the
+    /// newest, as a replica that has not seen the rotation yet would. Reads of a given version
+    /// ([`get_secret_version`](SecretProvider::get_secret_version)) answer it all the same.
+    pub fn lag_next(&self, count: usize) {
+        self.lock().lagging_reads += count;
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -107,6 +116,16 @@ impl InMemoryVault {
 #[async_trait]
 impl SecretProvider for InMemoryVault {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
+        self.read(name, None).await
+    }
+
+    async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, ProviderError> {
+        self.read(name, Some(version)).await
+    }
+}
+
+impl InMemoryVault {
+    async fn read(&self, name: &str, version: Option<&str>) -> Result<Secret, ProviderError> {
         let key = name.to_ascii_lowercase();
         // The answer is decided when the request "reaches the vault" (now), then travels back
         // for `latency`: a rotation during that time does not change it, as with a real vault.
@@ -115,12 +134,26 @@ impl SecretProvider for InMemoryVault {
             *state.calls.entry(key.clone()).or_default() += 1;
             let answer = match state.faults.pop_front() {
                 Some(kind) => Err(ProviderError::new(name, kind, "injected failure")),
-                None => match state.secrets.get(&key).and_then(|versions| versions.last()) {
-                    Some((version, value, created)) => Ok(Secret::new(value.clone())
-                        .with_version(version.clone())
-                        .with_created_on(*created)),
-                    None => Err(ProviderError::not_found(name)),
-                },
+                None => {
+                    let lagging = version.is_none() && state.lagging_reads > 0;
+                    if lagging {
+                        state.lagging_reads -= 1;
+                    }
+                    let versions = state.secrets.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+                    let found = match version {
+                        Some(wanted) => versions
+                            .iter()
+                            .find(|(v, _, _)| v.eq_ignore_ascii_case(wanted)),
+                        None if lagging && versions.len() > 1 => versions.get(versions.len() - 2),
+                        None => versions.last(),
+                    };
+                    match found {
+                        Some((version, value, created)) => Ok(Secret::new(value.clone())
+                            .with_version(version.clone())
+                            .with_created_on(*created)),
+                        None => Err(ProviderError::not_found(name)),
+                    }
+                }
             };
             (answer, state.latency)
         };

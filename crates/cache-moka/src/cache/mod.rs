@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
+use keyvault_invalidator_core::{
+    NewVersion, ProviderError, ProviderErrorKind, Secret, SecretProvider,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -91,6 +93,9 @@ struct Status {
     retry_at: Option<Instant>,
     failures: u32,
     last_error: Option<Arc<ProviderError>>,
+    /// The newest version an event announced that the cache does not hold yet: a background
+    /// refresh loads it rather than whatever a lagging provider calls current.
+    pending: Option<NewVersion>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -405,13 +410,27 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         Ok(entry)
     }
 
-    /// One provider call.
+    /// One provider call, for the current version.
     async fn load(&self, key: &str, name: &str) -> Result<Entry, ProviderError> {
+        self.load_version(key, name, None).await
+    }
+
+    /// One provider call, for `version` or (with `None`) the current version.
+    async fn load_version(
+        &self,
+        key: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Entry, ProviderError> {
         let inner = &self.inner;
         // Read before the call: an invalidation from here on makes this load stale.
         let loaded_at_epoch = inner.epoch.load(Ordering::SeqCst);
         bump(&inner.counters.loads);
-        let secret = inner.provider.get_secret(name).await.inspect_err(|_| {
+        let read = match version {
+            Some(version) => inner.provider.get_secret_version(name, version).await,
+            None => inner.provider.get_secret(name).await,
+        };
+        let secret = read.inspect_err(|_| {
             bump(&inner.counters.load_errors);
         })?;
         let previous = match inner.entries.get(key).await {
@@ -519,5 +538,21 @@ impl<P> fmt::Debug for CachedSecretProvider<P> {
 impl<P: SecretProvider + 'static> SecretProvider for CachedSecretProvider<P> {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
         self.get(name).await
+    }
+
+    /// The cached value when it is that version; otherwise the provider's answer, which is not
+    /// cached (the cache holds current versions only).
+    async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, ProviderError> {
+        if let Some(entry) = self.fresh_entry(&cache_key(name)).await {
+            if entry
+                .secret
+                .version()
+                .is_some_and(|cached| cached.eq_ignore_ascii_case(version))
+            {
+                self.inner.counters.hits.bump();
+                return Ok(entry.secret.clone());
+            }
+        }
+        self.inner.provider.get_secret_version(name, version).await
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyvault_invalidator_core::{
-    CacheError, NewVersion, ProviderError, SecretCache, SecretProvider,
+    CacheError, NewVersion, ProviderError, ProviderErrorKind, Secret, SecretCache, SecretProvider,
 };
 use rand::Rng;
 use tokio::time::Instant;
@@ -58,9 +58,13 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         false
     }
 
-    /// Loads the current version and swaps it in, one refresh per key at a time. With a
-    /// `change`, skips the call when a refresh that finished meanwhile already brought that
-    /// version (or a newer one) in.
+    /// Loads the current version and swaps it in, one refresh per key at a time.
+    ///
+    /// With a `change` (an event's new version), skips the call when a refresh that finished
+    /// meanwhile already brought that version (or a newer one) in, and installs only a load that
+    /// is that version or a newer one: when the current version the provider answers is older
+    /// (a lagging replica, a fallback) or cannot be placed, it reads the event's version itself,
+    /// and fails (retryably) when it cannot. The previous value stays in place on failure.
     async fn refresh(
         &self,
         key: &str,
@@ -80,12 +84,23 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         change: Option<&NewVersion>,
     ) -> Result<(), Arc<ProviderError>> {
         let _one_at_a_time = state.refresh.lock().await;
-        if let (Some(change), Some(entry)) = (change, self.fresh_entry(key).await) {
-            if !self.is_news(&entry, change) {
+        let previous = self.fresh_entry(key).await;
+        if let (Some(change), Some(entry)) = (change, &previous) {
+            if !self.is_news(entry, change) {
                 return Ok(());
             }
         }
-        match self.load(key, name).await {
+        let loaded = match self.load(key, name).await {
+            Ok(entry) => match change {
+                Some(change) => {
+                    self.at_least(key, name, entry, previous.as_deref(), change)
+                        .await
+                }
+                None => Ok(entry),
+            },
+            Err(error) => Err(error),
+        };
+        match loaded {
             Ok(entry) => {
                 let entry = Arc::new(entry);
                 self.inner
@@ -101,6 +116,46 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
                 self.record_failure(key, &error);
                 Err(error)
             }
+        }
+    }
+
+    /// `loaded` when it is `change`'s version or a newer one; else the event's version, read
+    /// by id; else a transient error naming both versions.
+    async fn at_least(
+        &self,
+        key: &str,
+        name: &str,
+        loaded: Entry,
+        previous: Option<&Entry>,
+        change: &NewVersion,
+    ) -> Result<Entry, ProviderError> {
+        let standing = standing(&loaded.secret, previous, change);
+        match (standing, change.version.as_deref()) {
+            (Standing::AtLeast, _) | (Standing::Unknown, None) => Ok(loaded),
+            (_, Some(version)) => {
+                bump(&self.inner.counters.version_reads);
+                self.load_version(key, name, Some(version))
+                    .await
+                    .map_err(|error| match error.kind {
+                        // The event says the version exists: a miss is a replica that has not
+                        // seen it yet, and a later attempt may find it.
+                        ProviderErrorKind::NotFound => ProviderError::new(
+                            name,
+                            ProviderErrorKind::Transient,
+                            format!("version `{version}` is not readable yet"),
+                        )
+                        .with_source(error),
+                        _ => error,
+                    })
+            }
+            (Standing::Older, None) => Err(ProviderError::new(
+                name,
+                ProviderErrorKind::Transient,
+                format!(
+                    "the provider answered version `{}`, older than the event's",
+                    loaded.secret.version().unwrap_or_default()
+                ),
+            )),
         }
     }
 
@@ -133,7 +188,13 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
                 if let Some(at) = retry_at {
                     tokio::time::sleep_until(at).await;
                 }
-                match this.refresh(&key, &name, None).await {
+                // A load that succeeded meanwhile (a redelivered event, a read) cleared the
+                // overdue mark: another call would only cost the provider.
+                if lock(&state.status).overdue_since.is_none() {
+                    break;
+                }
+                let pending = lock(&state.status).pending.clone();
+                match this.refresh(&key, &name, pending.as_ref()).await {
                     Ok(()) => break,
                     Err(error) if error.is_critical() => break,
                     Err(_) => continue,
@@ -155,9 +216,14 @@ impl<P: SecretProvider + 'static> SecretCache for CachedSecretProvider<P> {
 
     /// Ignores the version already cached and older ones; otherwise invalidates or, in
     /// refresh-ahead mode, loads the new version (after the jitter) while readers keep the
-    /// previous one. A transient failure is retried in the background, honouring `Retry-After`,
-    /// and the previous value is served meanwhile within the staleness bound; a critical one is
-    /// returned, so the job reports it.
+    /// previous one, and answers `Ok` only once the cache holds it (or a newer one).
+    ///
+    /// A failure that may pass (throttled, transient, a provider still answering an older
+    /// version) is a retryable error carrying the provider's `Retry-After`, so the job retries
+    /// the event; readers are served the previous value meanwhile, within the staleness bound.
+    /// While a backoff or `Retry-After` runs, the provider is not called and the error says how
+    /// long is left. A critical error (access denied) and a name the provider rejects are
+    /// permanent errors. A secret that is gone from the provider is dropped from the cache.
     async fn new_version(&self, name: &str, change: &NewVersion) -> Result<(), CacheError> {
         let key = cache_key(name);
         let Some(entry) = self.fresh_entry(&key).await else {
@@ -173,20 +239,136 @@ impl<P: SecretProvider + 'static> SecretCache for CachedSecretProvider<P> {
             return Ok(());
         }
         let state = self.state(&key);
-        lock(&state.status)
-            .overdue_since
-            .get_or_insert_with(Instant::now);
+        let waiting = {
+            let mut status = lock(&state.status);
+            status.overdue_since.get_or_insert_with(Instant::now);
+            remember(&mut status.pending, change);
+            let now = Instant::now();
+            let wait = status.retry_at.filter(|at| *at > now).map(|at| at - now);
+            wait.map(|wait| (wait, status.last_error.clone()))
+        };
+        if let Some((wait, last_error)) = waiting {
+            bump(&self.inner.counters.deferred_events);
+            let error = CacheError::retryable(
+                name,
+                format!(
+                    "the provider is backing off for {} ms more; the previous value is served meanwhile",
+                    wait.as_millis()
+                ),
+            )
+            .with_retry_after(Some(wait));
+            return Err(match last_error {
+                Some(last) => error.with_source(SharedError(last)),
+                None => error,
+            });
+        }
         self.jitter().await;
         match self.refresh_with(&state, &key, name, Some(change)).await {
             Ok(()) => Ok(()),
-            Err(error) if error.is_critical() => Err(CacheError::permanent(
-                name,
-                format!("refreshing failed with a critical error: {error}"),
-            )),
-            Err(_) => {
-                self.refresh_in_background(&key, name);
-                Ok(())
-            }
+            Err(error) => self.refresh_failed(&key, name, error).await,
         }
+    }
+}
+
+impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
+    /// What a failed event refresh means for the job.
+    async fn refresh_failed(
+        &self,
+        key: &str,
+        name: &str,
+        error: Arc<ProviderError>,
+    ) -> Result<(), CacheError> {
+        if error.is_retryable() {
+            let message = format!("refreshing failed and may pass: {error}");
+            return Err(CacheError::retryable(name, message)
+                .with_retry_after(super::retry_after(&error))
+                .with_source(SharedError(error)));
+        }
+        if error.kind == ProviderErrorKind::NotFound {
+            // Gone from the provider: nothing the event replaced may be served any more, and
+            // the next reader learns it is gone.
+            self.drop_entry(key).await;
+            return Ok(());
+        }
+        let message = if error.is_critical() {
+            format!("refreshing failed with a critical error: {error}")
+        } else {
+            format!("refreshing failed and will not pass: {error}")
+        };
+        Err(CacheError::permanent(name, message).with_source(SharedError(error)))
+    }
+}
+
+/// Keeps the newest announced version: by event time when both have one, else the latest told.
+fn remember(pending: &mut Option<NewVersion>, change: &NewVersion) {
+    let keep_current = match (
+        pending.as_ref().and_then(|p| p.event_time),
+        change.event_time,
+    ) {
+        (Some(current), Some(told)) => current > told,
+        _ => false,
+    };
+    if !keep_current {
+        *pending = Some(change.clone());
+    }
+}
+
+/// Where a load stands against the version an event announced.
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    /// The event's version, or one created after the event.
+    AtLeast,
+    /// A version the cache replaced, or one created before the event.
+    Older,
+    /// Nothing tells: no version, or no times to compare (Key Vault's ids are not ordered).
+    Unknown,
+}
+
+fn standing(loaded: &Secret, previous: Option<&Entry>, change: &NewVersion) -> Standing {
+    let Some(version) = loaded.version() else {
+        return Standing::Unknown;
+    };
+    if change
+        .version
+        .as_deref()
+        .is_some_and(|wanted| wanted.eq_ignore_ascii_case(version))
+    {
+        return Standing::AtLeast;
+    }
+    let replaced = previous.is_some_and(|entry| {
+        entry
+            .secret
+            .version()
+            .is_some_and(|v| v.eq_ignore_ascii_case(version))
+            || entry
+                .superseded
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(version))
+    });
+    if replaced {
+        return Standing::Older;
+    }
+    // A version is created before its event is sent, so another version created at or after
+    // the event's time is newer; one created before it is older.
+    match (loaded.created_on(), change.event_time) {
+        (Some(created), Some(event)) if created >= event => Standing::AtLeast,
+        (Some(_), Some(_)) => Standing::Older,
+        _ => Standing::Unknown,
+    }
+}
+
+/// A provider error shared with the cache's failure state, as an error source.
+#[derive(Debug)]
+struct SharedError(Arc<ProviderError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
     }
 }

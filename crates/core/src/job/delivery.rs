@@ -2,7 +2,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
@@ -155,7 +155,13 @@ impl Worker {
                 format!("invalidation failed on all {attempt} attempts; last error: {error}"),
             );
         }
-        let pause = self.retry_backoff.delay(attempt);
+        // The backend's Retry-After, when longer, sets the pause; capped at the backoff's
+        // ceiling so a delivery is not held for longer than the job would ever wait (a cache
+        // that honours Retry-After refuses early retries itself without calling the backend).
+        let asked = error
+            .retry_after
+            .map_or(Duration::ZERO, |after| after.min(self.retry_backoff.max));
+        let pause = self.retry_backoff.delay(attempt).max(asked);
         tracing::warn!(%error, attempt, pause_ms = pause.as_millis() as u64, "invalidation failed; abandoning after a pause so it is retried");
         // Waiting before the abandon (rather than after) is what spaces the retries: the
         // transport redelivers as soon as it is abandoned.

@@ -83,26 +83,6 @@ impl KeyVaultProvider {
         &self.vault_url
     }
 
-    /// Reads a given version of `name` (32 hex digits, as Key Vault's; for example the version
-    /// an event announced).
-    pub async fn get_secret_version(
-        &self,
-        name: &str,
-        version: &str,
-    ) -> Result<Secret, ProviderError> {
-        if version.is_empty()
-            || version.len() > 64
-            || !version.chars().all(|c| c.is_ascii_alphanumeric())
-        {
-            return Err(ProviderError::new(
-                name,
-                ProviderErrorKind::InvalidName,
-                "a version is 1-64 ASCII letters and digits",
-            ));
-        }
-        self.read(name, Some(version)).await
-    }
-
     async fn read(&self, name: &str, version: Option<&str>) -> Result<Secret, ProviderError> {
         let object = ObjectName::new(name)
             .map_err(|e| ProviderError::new(name, ProviderErrorKind::InvalidName, e.to_string()))?;
@@ -170,6 +150,23 @@ impl fmt::Debug for KeyVaultProvider {
 impl SecretProvider for KeyVaultProvider {
     async fn get_secret(&self, name: &str) -> Result<Secret, ProviderError> {
         self.read(name, None).await
+    }
+
+    /// Reads the given version of `name` (`GET /secrets/{name}/{version}`), for example the
+    /// version an event announced. A version is 1-64 ASCII letters and digits (Key Vault's are
+    /// 32 hex digits), else `InvalidName` before any request; an unknown version is `NotFound`.
+    async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, ProviderError> {
+        if version.is_empty()
+            || version.len() > 64
+            || !version.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(ProviderError::new(
+                name,
+                ProviderErrorKind::InvalidName,
+                "a version is 1-64 ASCII letters and digits",
+            ));
+        }
+        self.read(name, Some(version)).await
     }
 }
 
