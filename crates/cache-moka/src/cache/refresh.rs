@@ -119,8 +119,9 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         }
     }
 
-    /// `loaded` when it is `change`'s version or a newer one; else the event's version, read
-    /// by id; else a transient error naming both versions.
+    /// `loaded` when it is `change`'s version or a newer one (or nothing tells and the event
+    /// named no version); else the event's version, read by id; else a transient error, so
+    /// the event is retried.
     async fn at_least(
         &self,
         key: &str,
