@@ -34,17 +34,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     // The vault holds the secret under its Key Vault name; the application reads it under its
-    // configuration key, so the provider maps `:` to `--` on the way in ...
+    // configuration key. One mapping says how the two relate: the provider under the cache
+    // asks the vault for `A--B` when the application reads `A:B` ...
+    let names = NameMapping::separator(":", "--");
     let vault = InMemoryVault::new();
     let v1 = vault.set(SECRET, "Endpoint=sb://example/;SharedAccessKey=first");
-    let cache = CachedSecretProvider::new(MappedVault(vault.clone()));
+    let cache = CachedSecretProvider::new(vault.clone().with_names(names.clone()));
 
-    // ... and the invalidator maps `--` back to `:` on the way out.
+    // ... and the invalidator turns the `A--B` an event names into the cache key `A:B`.
     let source = InMemoryEventSource::new();
     let publisher = source.publisher();
     let invalidator = KeyVaultInvalidator::builder(cache.clone())
         .allow_vault(VAULT)
-        .name_mapping(NameMapping::replace("--", ":"))
+        .name_mapping(names)
         .build();
     let job = Job::builder(source, invalidator).spawn();
 
@@ -115,19 +117,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         vault.calls(SECRET)
     );
     Ok(())
-}
-
-/// Reads `A:B` as the Key Vault secret `A--B`.
-struct MappedVault(InMemoryVault);
-
-#[keyvault_invalidator::async_trait]
-impl SecretProvider for MappedVault {
-    async fn get_secret(
-        &self,
-        name: &str,
-    ) -> Result<keyvault_invalidator::Secret, keyvault_invalidator::ProviderError> {
-        self.0.get_secret(&name.replace(':', "--")).await
-    }
 }
 
 fn short(version: Option<&str>) -> &str {

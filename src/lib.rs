@@ -74,6 +74,6 @@ pub mod prelude {
     pub use keyvault_invalidator_core::secrecy::ExposeSecret;
     pub use keyvault_invalidator_core::{
         CancellationToken, EventSource, Invalidator, Job, JobHandle, KeyVaultEventType,
-        KeyVaultInvalidator, NameMapping, SecretCache, SecretProvider,
+        KeyVaultInvalidator, MappedNames, NameMapping, SecretCache, SecretProvider,
     };
 }

@@ -370,3 +370,36 @@ async fn a_retry_after_longer_than_the_jobs_backoff_holds_no_delivery_and_the_va
     );
     r.job.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_name_mapping_serves_the_reader_and_the_event() {
+    let names = keyvault_invalidator_core::NameMapping::separator(":", "--");
+    let vault = InMemoryVault::new();
+    vault.set("ServiceBus--ConnectionString", "first");
+    let cache = CachedSecretProvider::new(vault.clone().with_names(names.clone()));
+    let read = cache.get("ServiceBus:ConnectionString").await.unwrap();
+    assert_eq!(read.value().expose_secret(), "first");
+    let source = InMemoryEventSource::new();
+    let publisher = source.publisher();
+    let job = Job::builder(
+        source,
+        KeyVaultInvalidator::builder(cache.clone())
+            .allow_vault("prod-kv")
+            .name_mapping(names)
+            .build(),
+    )
+    .spawn();
+
+    let v2 = vault.rotate("ServiceBus--ConnectionString", "second");
+    publisher.publish("m1", event("ServiceBus--ConnectionString", &v2));
+    let log = publisher.wait_for_settlements(1).await;
+
+    assert_eq!(log.completed(), vec!["m1"]);
+    let info = cache
+        .secret_info("ServiceBus:ConnectionString")
+        .await
+        .unwrap();
+    assert_eq!(info.version, Some(v2));
+    assert_eq!(vault.calls("ServiceBus--ConnectionString"), 2);
+    job.shutdown().await.unwrap();
+}

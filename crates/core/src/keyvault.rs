@@ -2,20 +2,21 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::cache::{NewVersion, SecretCache};
 use crate::event::{Event, EventKind, KeyVaultEventType};
 use crate::invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
+use crate::names::NameMapping;
 
 /// Invalidates cached secrets when Key Vault announces a change.
 ///
 /// - It acts on a set of event types (default: `SecretNewVersionCreated`).
 /// - It accepts events from an allow-list of vaults (matched without regard to case); with no
 ///   list it accepts every vault and warns once when built.
-/// - It maps Key Vault names to cache keys with a [`NameMapping`].
+/// - It maps Key Vault names to cache keys with a [`NameMapping`]
+///   ([`NameMapping::to_cache_key`]); give the provider under the cache the same mapping.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -29,7 +30,7 @@ use crate::invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
 ///
 /// let invalidator = KeyVaultInvalidator::builder(cache)
 ///     .allow_vault("my-vault")
-///     .name_mapping(NameMapping::replace("--", ":"))
+///     .name_mapping(NameMapping::separator(":", "--"))
 ///     .build();
 /// assert_eq!(invalidator.cache_key_for("ServiceBus--ConnectionString"), "ServiceBus:ConnectionString");
 /// ```
@@ -58,7 +59,7 @@ impl<C: SecretCache> KeyVaultInvalidator<C> {
 
     /// The cache key a Key Vault object name maps to.
     pub fn cache_key_for(&self, name: &str) -> String {
-        self.name_mapping.apply(name)
+        self.name_mapping.to_cache_key(name)
     }
 
     fn vault_allowed(&self, vault: Option<&str>) -> bool {
@@ -107,7 +108,7 @@ impl<C: SecretCache> Invalidator for KeyVaultInvalidator<C> {
                 kv.vault.clone(),
             )));
         }
-        let key = self.name_mapping.apply(kv.name.as_str());
+        let key = self.name_mapping.to_cache_key(kv.name.as_str());
         let is_new_version = matches!(
             kv.event_type,
             KeyVaultEventType::SecretNewVersionCreated
@@ -156,7 +157,8 @@ impl<C: SecretCache> KeyVaultInvalidatorBuilder<C> {
         vaults.into_iter().fold(self, |b, v| b.allow_vault(v))
     }
 
-    /// Sets how Key Vault names become cache keys (default: unchanged).
+    /// Sets how Key Vault names and cache keys relate (default: they are the same); the
+    /// invalidator uses [`NameMapping::to_cache_key`].
     pub fn name_mapping(mut self, mapping: NameMapping) -> Self {
         self.name_mapping = mapping;
         self
@@ -176,48 +178,5 @@ impl<C: SecretCache> KeyVaultInvalidatorBuilder<C> {
             allowed_vaults: self.allowed_vaults,
             name_mapping: self.name_mapping,
         }
-    }
-}
-
-/// Turns a Key Vault object name into the key the application's cache uses.
-///
-/// Key Vault names allow only letters, digits and `-`, so applications often store
-/// `ServiceBus:ConnectionString` as `ServiceBus--ConnectionString`;
-/// `NameMapping::replace("--", ":")` undoes that.
-#[derive(Clone)]
-pub struct NameMapping(Arc<dyn Fn(&str) -> String + Send + Sync>);
-
-impl NameMapping {
-    /// Keys are the Key Vault names.
-    pub fn identity() -> Self {
-        NameMapping(Arc::new(str::to_owned))
-    }
-
-    /// Replaces every `from` with `to`.
-    pub fn replace(from: impl Into<String>, to: impl Into<String>) -> Self {
-        let (from, to) = (from.into(), to.into());
-        NameMapping(Arc::new(move |name| name.replace(&from, &to)))
-    }
-
-    /// Any function of the name.
-    pub fn custom(map: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
-        NameMapping(Arc::new(map))
-    }
-
-    /// The cache key for `name`.
-    pub fn apply(&self, name: &str) -> String {
-        (self.0)(name)
-    }
-}
-
-impl Default for NameMapping {
-    fn default() -> Self {
-        Self::identity()
-    }
-}
-
-impl fmt::Debug for NameMapping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("NameMapping(..)")
     }
 }

@@ -28,6 +28,7 @@ mod invalidator;
 pub mod job;
 mod keyvault;
 pub mod lock;
+mod names;
 mod provider;
 mod source;
 
@@ -36,7 +37,8 @@ pub use connect::ConnectSlot;
 pub use event::{parse_events, Event, EventKind, KeyVaultEvent, KeyVaultEventType, ParseError};
 pub use invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
 pub use job::{Backoff, Job, JobBuilder, JobError, JobHandle, JobOptions, JobState, StatsSnapshot};
-pub use keyvault::{KeyVaultInvalidator, KeyVaultInvalidatorBuilder, NameMapping};
+pub use keyvault::{KeyVaultInvalidator, KeyVaultInvalidatorBuilder};
+pub use names::{MappedNames, NameMapping};
 pub use provider::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
 pub use source::{
     DeadLetterReason, Delivery, DeliveryToken, EventSource, Settlement, SourceError,

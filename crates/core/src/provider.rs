@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+use crate::names::{MappedNames, NameMapping};
+
 /// Reads secrets by name: Azure Key Vault, the environment, an in-memory map, a cache in front
 /// of any of them.
 #[async_trait]
@@ -57,6 +59,29 @@ pub trait SecretProvider: Send + Sync {
                 ),
             )),
         }
+    }
+
+    /// This provider, asked for [`NameMapping::to_vault_name`] of every name: the same mapping
+    /// the invalidator turns Key Vault names into cache keys with.
+    ///
+    /// ```
+    /// use keyvault_invalidator_core::{secrecy::ExposeSecret, NameMapping, SecretProvider};
+    /// use keyvault_invalidator_testkit::InMemoryVault;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let vault = InMemoryVault::new();
+    /// vault.set("ServiceBus--ConnectionString", "Endpoint=sb://ns/");
+    /// let names = NameMapping::separator(":", "--");
+    /// let provider = vault.with_names(names.clone());
+    /// let secret = provider.get_secret("ServiceBus:ConnectionString").await.unwrap();
+    /// assert_eq!(secret.value().expose_secret(), "Endpoint=sb://ns/");
+    /// # }
+    /// ```
+    fn with_names(self, names: NameMapping) -> MappedNames<Self>
+    where
+        Self: Sized,
+    {
+        MappedNames::new(self, names)
     }
 }
 

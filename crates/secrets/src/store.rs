@@ -48,7 +48,7 @@ use crate::error::{ProviderFailure, StoreFailures};
 /// let store = SecretStore::builder()
 ///     .add("environment", EnvProvider::builder().vars([("DB_PASSWORD", "from-env")]).build())
 ///     // Key Vault names cannot hold ':', so `ServiceBus:ConnectionString` is stored as `ServiceBus--ConnectionString`.
-///     .add_with_names("key-vault", vault, NameMapping::replace(":", "--"))
+///     .add_with_names("key-vault", vault, NameMapping::separator(":", "--"))
 ///     .build();
 ///
 /// assert_eq!(store.get_secret("db-password").await?.value().expose_secret(), "from-env");
@@ -124,7 +124,7 @@ impl SecretStore {
             if failed.is_some() && !source.fallback {
                 continue;
             }
-            let asked = source.names.apply(name);
+            let asked = source.names.to_vault_name(name);
             let read = match version {
                 Some(version) => source.provider.get_secret_version(&asked, version).await,
                 None => source.provider.get_secret(&asked).await,
@@ -275,8 +275,9 @@ impl SecretStoreBuilder {
         self.add_with_names(label, provider, NameMapping::identity())
     }
 
-    /// Adds `provider`, asking it for the mapped name instead of the store's: for example
-    /// `NameMapping::replace(":", "--")` for Key Vault, whose names cannot hold `:`.
+    /// Adds `provider`, asking it for [`NameMapping::to_vault_name`] of the name asked of the
+    /// store: for example `NameMapping::separator(":", "--")` for Key Vault, whose names cannot
+    /// hold `:`. Give the invalidator the same mapping.
     pub fn add_with_names(
         self,
         label: impl Into<String>,

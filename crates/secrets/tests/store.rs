@@ -523,7 +523,11 @@ async fn each_provider_gets_its_own_name_mapping() {
     let env = Counting::new(EnvProvider::builder().vars([("UNRELATED", "x")]).build());
     let store = SecretStore::builder()
         .add("environment", env.clone())
-        .add_with_names("key-vault", vault.clone(), NameMapping::replace(":", "--"))
+        .add_with_names(
+            "key-vault",
+            vault.clone(),
+            NameMapping::separator(":", "--"),
+        )
         .build();
 
     let secret = store
@@ -565,7 +569,11 @@ async fn reads_a_connection_string_in_one_line() {
         "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=s3cret;EntityPath=topic\n",
     );
     let store = SecretStore::builder()
-        .add_with_names("key-vault", vault.clone(), NameMapping::replace(":", "--"))
+        .add_with_names(
+            "key-vault",
+            vault.clone(),
+            NameMapping::separator(":", "--"),
+        )
         .build();
 
     let connection = store
@@ -685,7 +693,7 @@ async fn a_version_is_read_from_the_first_provider_that_has_the_secret_by_the_sa
     vault.rotate("db-password", "second");
     let store = SecretStore::builder()
         .add("empty", empty.clone())
-        .add_with_names("vault", vault.clone(), NameMapping::replace(":", "--"))
+        .add_with_names("vault", vault.clone(), NameMapping::separator(":", "--"))
         .build();
 
     let old = store.get_secret_version("db-password", &v1).await.unwrap();
