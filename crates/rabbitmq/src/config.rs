@@ -14,6 +14,9 @@ pub const DEFAULT_EXCHANGE: &str = "keyvault-events";
 pub const DEFAULT_DEAD_LETTER: &str = "keyvault-events.dead-letter";
 /// How long an instance queue survives without a consumer: the safety net for crashed instances.
 pub const DEFAULT_IDLE_EXPIRY: Duration = Duration::from_secs(30 * 60);
+/// How long a settlement waits for the broker, by default: for the publisher confirm of a
+/// republish or a dead-letter publish, and for each acknowledgement step.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the source consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,7 @@ pub struct RabbitMqConfig {
     pub(crate) prefetch: u16,
     pub(crate) instance_id: String,
     pub(crate) reconnect_backoff: Backoff,
+    pub(crate) confirm_timeout: Duration,
 }
 
 /// The full connection URI, password included. Held as a [`SecretString`] (zeroed when dropped,
@@ -192,6 +196,7 @@ impl RabbitMqConfig {
             prefetch: 16,
             instance_id,
             reconnect_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
         };
         config.check_queue_name()?;
         Ok(config)
@@ -252,6 +257,33 @@ impl RabbitMqConfig {
     pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
         self.reconnect_backoff = backoff;
         self
+    }
+
+    /// How long a settlement waits for the broker (default [`DEFAULT_CONFIRM_TIMEOUT`], 30 s):
+    /// for the publisher confirm of an abandon's republish or a dead-letter publish, and for
+    /// each acknowledgement. A confirm that does not come in time fails the settlement like a
+    /// refused one: the delivery is released to the broker (`basic.nack` with requeue) and
+    /// comes back. Without a bound, a broker that never answers would hold the delivery, and
+    /// its prefetch slot, for as long as the connection lives.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyvault_invalidator_rabbitmq::RabbitMqConfig;
+    ///
+    /// let config = RabbitMqConfig::instance("amqp://127.0.0.1", "orders-api")?
+    ///     .confirm_timeout(Duration::from_secs(5));
+    /// assert_eq!(config.confirm_timeout_value(), Duration::from_secs(5));
+    /// # Ok::<(), keyvault_invalidator_rabbitmq::ConfigError>(())
+    /// ```
+    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
+        // A zero bound would fail every settlement before the broker could answer.
+        self.confirm_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The bound set by [`confirm_timeout`](Self::confirm_timeout).
+    pub fn confirm_timeout_value(&self) -> Duration {
+        self.confirm_timeout
     }
 
     /// The queue consumed: the instance queue's full name, or the existing queue.
@@ -367,6 +399,7 @@ impl fmt::Debug for RabbitMqConfig {
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("declare_topology", &self.declare_topology)
             .field("prefetch", &self.prefetch)
+            .field("confirm_timeout", &self.confirm_timeout)
             .finish()
     }
 }

@@ -1,5 +1,7 @@
 //! lapin's errors, sorted into what the job should do about them.
 
+use std::time::Duration;
+
 use keyvault_invalidator_core::{SourceError, SourceErrorKind};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::ErrorKind;
@@ -77,6 +79,65 @@ fn classify_at(error: lapin::Error, doing: &str, at_login: bool) -> LinkError {
         kind,
         message: format!("{doing}: {why} ({error})"),
         source: error,
+    }
+}
+
+/// Why one step of a settlement (a publish, its confirm, an acknowledgement) failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepFailure {
+    /// The broker answered the publish with `basic.nack`.
+    #[error("the broker refused the publish (basic.nack)")]
+    Refused,
+    /// The broker confirmed the publish but no queue took the message (`basic.return`).
+    #[error("no queue took the message (the broker returned it)")]
+    Unroutable,
+    /// The broker did not answer in time.
+    #[error("the broker did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The channel the step needed is closed: lapin refuses the step without sending it.
+    #[error("the channel is closed")]
+    ChannelClosed,
+    /// lapin failed the step.
+    #[error(transparent)]
+    Lapin(#[from] lapin::Error),
+}
+
+/// A settlement that could not be made: what it was doing, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}: {failure}")]
+pub(crate) struct SettleError {
+    pub(crate) doing: &'static str,
+    #[source]
+    pub(crate) failure: StepFailure,
+}
+
+/// What became of a delivery whose settlement failed. The caller's error says it, and keeps
+/// the settlement's error as its source.
+pub(crate) enum Released {
+    /// `basic.nack` with requeue went through: the broker delivers the message again.
+    Nacked,
+    /// The nack failed too, so the delivery's channel was closed: the broker requeues every
+    /// delivery the channel held.
+    ChannelClosed(StepFailure),
+    /// The channel was already closed: the broker requeued the delivery when it closed.
+    AlreadyGone,
+}
+
+impl SettleError {
+    /// The error handed to the caller once the delivery has been released.
+    pub(crate) fn released(self, released: Released) -> SourceError {
+        let what = match released {
+            Released::Nacked => {
+                "the delivery was released to the broker (basic.nack with requeue) and comes back"
+                    .to_owned()
+            }
+            Released::ChannelClosed(nack) => format!(
+                "releasing the delivery failed too ({nack}), so its channel was closed: the \
+                 broker requeues every delivery the channel held"
+            ),
+            Released::AlreadyGone => "the broker requeues the delivery with its channel".to_owned(),
+        };
+        SourceError::settlement_lost(format!("{self}; {what}")).with_source(self)
     }
 }
 

@@ -26,12 +26,13 @@
 
 mod config;
 mod errors;
+mod link;
 mod source;
 mod topology;
 
 pub use config::{
-    ConfigError, QueueMode, RabbitMqConfig, DEFAULT_DEAD_LETTER, DEFAULT_EXCHANGE,
-    DEFAULT_IDLE_EXPIRY,
+    ConfigError, QueueMode, RabbitMqConfig, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_DEAD_LETTER,
+    DEFAULT_EXCHANGE, DEFAULT_IDLE_EXPIRY,
 };
 pub use source::{
     RabbitMqSource, DEAD_LETTER_DESCRIPTION_HEADER, DEAD_LETTER_QUEUE_HEADER,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -11,17 +11,15 @@ use futures::{FutureExt, StreamExt};
 use keyvault_invalidator_core::{
     Bytes, ConnectSlot, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
 };
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
 use lapin::protocol::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::Consumer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{QueueMode, RabbitMqConfig};
-use crate::errors::{classify, classify_login, LinkError};
-use crate::topology;
+use crate::config::RabbitMqConfig;
+use crate::errors::{Released, SettleError, StepFailure};
+use crate::link::{self, Link, OpenError, CLOSE_TIMEOUT};
 
 /// The header that carries how many times this source delivered a message before it abandoned
 /// it and published it again: classic queues do not count redeliveries, so the count travels
@@ -43,15 +41,28 @@ pub const DEAD_LETTER_QUEUE_HEADER: &str = "x-kvi-dead-letter-queue";
 ///   [`DELIVERY_COUNT_HEADER`] raised, confirmed by the broker, then ack the original (classic
 ///   queues keep no delivery count; a quorum queue's `x-delivery-count` is honoured as well).
 ///   Dead-letter = publish to the dead-letter exchange with the reason and description in
-///   headers, confirmed, then ack. Acks go one delivery at a time.
-/// - **Faults**: when the connection or channel closes, `receive` reports a transient error and
-///   the next call reconnects (with exponential backoff and jitter between failed attempts),
-///   re-declares, and resumes. Messages published meanwhile wait in the durable queue.
-///   Deliveries received on the old channel cannot be settled on the new one: settling them
-///   reports [`SourceErrorKind::SettlementLost`](keyvault_invalidator_core::SourceErrorKind)
-///   and the broker redelivers them (counted as one more delivery).
-/// - **Shutdown**: `close` cancels the consumer, deletes the instance queue (never an existing
-///   one), and closes the connection.
+///   headers, confirmed, then ack. Acks go one delivery at a time. Publishing goes on a channel
+///   of its own, with publisher confirms, so a publish the broker refuses cannot close the
+///   channel deliveries come on.
+/// - **Failed settlements**: a publish the broker refuses (`basic.nack`), returns (no queue
+///   took it) or does not confirm within the
+///   [confirm timeout](RabbitMqConfig::confirm_timeout), and an ack that fails, all end with the
+///   delivery handed back to the broker: `basic.nack` with requeue, or, if that fails too, its
+///   channel closed (the broker then requeues all the channel held, and the source reconnects).
+///   `settle` then reports
+///   [`SourceErrorKind::SettlementLost`](keyvault_invalidator_core::SourceErrorKind) saying
+///   which; the message comes back. No delivery keeps a prefetch slot after its settlement.
+/// - **Faults**: when the connection or channel closes, `receive` reports a transient error
+///   (a loss noticed in the middle of a batch hands over the batch first), logs a warning
+///   naming the step, and the next call closes the old connection, waits out an exponential
+///   backoff with jitter, reconnects, re-declares, and resumes. Messages published meanwhile
+///   wait in the durable queue. Deliveries received on the old channel cannot be settled on
+///   the new one: settling them reports `SettlementLost` and the broker redelivers them
+///   (counted as one more delivery).
+/// - **Shutdown**: `close` abandons a connection attempt under way (which closes what it
+///   opened, deleting the instance queue if it declared it), cancels the consumer, deletes the
+///   instance queue (never an existing one), and closes the connection. Nothing is declared or
+///   consumed after `close` returns.
 ///
 /// Connecting is lazy: the first `receive` connects, so building a source never fails on the
 /// network.
@@ -65,19 +76,17 @@ struct Inner {
     queue: String,
     /// The live connection, for settlements; replaced on reconnection.
     link: Mutex<Option<Link>>,
+    /// A connection found lost, closed by the next attempt before it connects.
+    retired: Mutex<Option<Link>>,
     /// The consumer stream, only ever read by `receive`, and the connection attempt under way.
     consumer: tokio::sync::Mutex<ConnectSlot<Consumer>>,
     generation: AtomicU64,
-    closed: AtomicBool,
+    /// Cancelled by `close`: abandons a connection attempt under way.
+    shutdown: CancellationToken,
+    /// The connection attempts under way, which `close` waits for.
+    attempts: TaskTracker,
     failures: AtomicU32,
     outage_since: Mutex<Option<Instant>>,
-}
-
-#[derive(Clone)]
-struct Link {
-    generation: u64,
-    connection: Arc<Connection>,
-    channel: Channel,
 }
 
 /// What settles one delivery: which channel it came on, its ack handle, and what is needed to
@@ -104,9 +113,11 @@ impl RabbitMqSource {
                 config,
                 queue,
                 link: Mutex::new(None),
+                retired: Mutex::new(None),
                 consumer: tokio::sync::Mutex::new(ConnectSlot::new()),
                 generation: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+                attempts: TaskTracker::new(),
                 failures: AtomicU32::new(0),
                 outage_since: Mutex::new(None),
             }),
@@ -130,44 +141,65 @@ impl RabbitMqSource {
         self.ensure_consumer(&mut slot).await.map(|_| ())
     }
 
+    fn is_closed(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
     async fn ensure_consumer<'a>(
         &self,
         slot: &'a mut ConnectSlot<Consumer>,
     ) -> Result<&'a mut Consumer, SourceError> {
         let this = self.clone();
-        slot.get_or_open(|| async move { this.open().await })
+        let attempts = self.inner.attempts.clone();
+        slot.get_or_open(|| attempts.track_future(async move { this.open().await }))
             .await?;
-        if self.inner.closed.load(Ordering::SeqCst) {
-            // Closed while connecting: release what the attempt opened.
-            drop(slot.take());
-            let _ = EventSource::close(self).await;
+        if self.is_closed() {
+            // Closed just after the attempt handed over its link: `close` took the link and
+            // closes it; the consumer goes with it.
+            slot.take();
             return Err(SourceError::closed());
         }
-        Ok(slot.current().expect("opened above"))
+        slot.current()
+            .ok_or_else(|| SourceError::transient("the connection was lost as it opened"))
     }
 
     async fn open(&self) -> Result<Consumer, SourceError> {
+        let shutdown = &self.inner.shutdown;
+        let retired = lock(&self.inner.retired).take();
+        if let Some(old) = retired {
+            // Before connecting again: the old connection may still hold deliveries (which
+            // the broker requeues only when it closes) and a consumer.
+            old.close().await;
+        }
         let failures = self.inner.failures.load(Ordering::SeqCst);
         if failures > 0 {
-            tokio::time::sleep(self.inner.config.reconnect_backoff.delay(failures)).await;
-        }
-        match self.open_link().await {
-            Ok((link, consumer)) => {
-                self.inner.failures.store(0, Ordering::SeqCst);
-                if let Some(since) = lock(&self.inner.outage_since).take() {
-                    tracing::info!(
-                        queue = %self.inner.queue,
-                        outage_ms = since.elapsed().as_millis() as u64,
-                        "reconnected to RabbitMQ"
-                    );
-                    metrics::counter!("keyvault_invalidator_rabbitmq_reconnects_total")
-                        .increment(1);
-                }
-                metrics::gauge!("keyvault_invalidator_rabbitmq_connected").set(1.0);
-                *lock(&self.inner.link) = Some(link);
-                Ok(consumer)
+            let delay = self.inner.config.reconnect_backoff.delay(failures);
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(SourceError::closed()),
+                () = tokio::time::sleep(delay) => {}
             }
-            Err(error) => {
+        }
+        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let opened = Link::open(&self.inner.config, &self.inner.queue, generation, shutdown).await;
+        match opened {
+            Ok((link, consumer)) => {
+                {
+                    let mut current = lock(&self.inner.link);
+                    if !self.is_closed() {
+                        *current = Some(link);
+                        drop(current);
+                        self.connected();
+                        return Ok(consumer);
+                    }
+                }
+                // `close` ran while this attempt finished: it found no link to close, so the
+                // attempt closes its own.
+                let _ = link::delete_instance_queue(&link.channel, &self.inner.config).await;
+                link.close().await;
+                Err(SourceError::closed())
+            }
+            Err(OpenError::Closed) => Err(SourceError::closed()),
+            Err(OpenError::Failed(error)) => {
                 self.inner.failures.fetch_add(1, Ordering::SeqCst);
                 self.mark_outage();
                 tracing::warn!(
@@ -180,44 +212,17 @@ impl RabbitMqSource {
         }
     }
 
-    async fn open_link(&self) -> Result<(Link, Consumer), LinkError> {
-        let config = &self.inner.config;
-        let properties =
-            ConnectionProperties::default().with_connection_name(config.connection_name().into());
-        let connection = Connection::connect(&config.uri, properties)
-            .await
-            .map_err(classify_login)?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| classify(e, "opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| classify(e, "enabling publisher confirms"))?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| classify(e, "setting the prefetch"))?;
-        topology::declare(&channel, config).await?;
-        let consumer = channel
-            .basic_consume(
-                self.inner.queue.as_str().into(),
-                config.connection_name().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| classify(e, &format!("consuming from queue `{}`", self.inner.queue)))?;
-        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok((
-            Link {
-                generation,
-                connection: Arc::new(connection),
-                channel,
-            },
-            consumer,
-        ))
+    fn connected(&self) {
+        self.inner.failures.store(0, Ordering::SeqCst);
+        if let Some(since) = lock(&self.inner.outage_since).take() {
+            tracing::info!(
+                queue = %self.inner.queue,
+                outage_ms = since.elapsed().as_millis() as u64,
+                "reconnected to RabbitMQ"
+            );
+            metrics::counter!("keyvault_invalidator_rabbitmq_reconnects_total").increment(1);
+        }
+        metrics::gauge!("keyvault_invalidator_rabbitmq_connected").set(1.0);
     }
 
     fn mark_outage(&self) {
@@ -229,15 +234,25 @@ impl RabbitMqSource {
         }
     }
 
-    fn lost(&self, slot: &mut ConnectSlot<Consumer>, why: &str) -> SourceError {
+    /// The consumer's stream ended or failed while `step`: the link is retired (the next
+    /// attempt closes its connection before connecting, after a backoff).
+    fn lost(&self, slot: &mut ConnectSlot<Consumer>, step: &str, why: &str) -> SourceError {
         slot.take();
-        *lock(&self.inner.link) = None;
-        if self.inner.closed.load(Ordering::SeqCst) {
+        let link = lock(&self.inner.link).take();
+        if self.is_closed() {
             return SourceError::closed();
         }
+        if let Some(link) = link {
+            *lock(&self.inner.retired) = Some(link);
+        }
+        self.inner.failures.fetch_add(1, Ordering::SeqCst);
         self.mark_outage();
-        tracing::warn!(queue = %self.inner.queue, "lost the RabbitMQ connection: {why}; reconnecting");
-        SourceError::transient(format!("lost the RabbitMQ connection: {why}"))
+        tracing::warn!(
+            queue = %self.inner.queue,
+            step,
+            "lost the RabbitMQ link while {step}: {why}; closing its connection and reconnecting after a backoff"
+        );
+        SourceError::transient(format!("lost the RabbitMQ connection while {step}: {why}"))
     }
 
     fn delivery(&self, generation: u64, delivery: lapin::message::Delivery) -> Delivery {
@@ -276,14 +291,17 @@ impl RabbitMqSource {
         }
     }
 
+    /// Publishes `token`'s message again (to `exchange` with `headers` added), confirmed, then
+    /// acks the original.
     async fn publish_then_ack(
         &self,
         link: &Link,
-        token: Token,
+        token: &Token,
+        doing: &'static str,
         exchange: &str,
         routing_key: &str,
         headers: Vec<(&str, AMQPValue)>,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), SettleError> {
         let mut table = token.properties.headers().clone().unwrap_or_default();
         for (key, value) in headers {
             table.insert(key.into(), value);
@@ -293,38 +311,85 @@ impl RabbitMqSource {
             .clone()
             .with_headers(table)
             .with_delivery_mode(2);
-        let confirmation = link
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                &token.body,
-                properties,
-            )
+        let timeout = self.inner.config.confirm_timeout;
+        link.publish(exchange, routing_key, &token.body, properties, timeout)
             .await
-            .map_err(|e| SourceError::from(classify(e, "publishing")))?
+            .map_err(|failure| SettleError { doing, failure })?;
+        link::ack(&token.acker, timeout)
             .await
-            .map_err(|e| SourceError::from(classify(e, "waiting for the publish confirm")))?;
-        if !confirmation.is_ack() {
-            // The original stays unacknowledged: the broker redelivers it, nothing is lost.
-            return Err(SourceError::transient(
-                "the broker refused the publish (nack); the delivery will come back",
-            ));
+            .map_err(|failure| SettleError {
+                doing: "acknowledging the original after publishing it again",
+                failure,
+            })
+    }
+
+    async fn settle_on(
+        &self,
+        link: &Link,
+        token: &Token,
+        settlement: Settlement,
+    ) -> Result<(), SettleError> {
+        match settlement {
+            Settlement::Complete => link::ack(&token.acker, self.inner.config.confirm_timeout)
+                .await
+                .map_err(|failure| SettleError {
+                    doing: "acknowledging",
+                    failure,
+                }),
+            Settlement::Abandon => {
+                let count = AMQPValue::LongUInt(token.delivery_count);
+                let queue = self.inner.queue.clone();
+                self.publish_then_ack(
+                    link,
+                    token,
+                    "publishing the abandoned delivery again",
+                    "",
+                    &queue,
+                    vec![(DELIVERY_COUNT_HEADER, count)],
+                )
+                .await
+            }
+            Settlement::DeadLetter {
+                reason,
+                description,
+            } => {
+                let exchange = self.inner.config.dead_letter_exchange.clone();
+                let headers = vec![
+                    (
+                        DEAD_LETTER_REASON_HEADER,
+                        AMQPValue::LongString(reason.into()),
+                    ),
+                    (
+                        DEAD_LETTER_DESCRIPTION_HEADER,
+                        AMQPValue::LongString(description.into()),
+                    ),
+                    (
+                        DEAD_LETTER_QUEUE_HEADER,
+                        AMQPValue::LongString(self.inner.queue.clone().into()),
+                    ),
+                    (
+                        DELIVERY_COUNT_HEADER,
+                        AMQPValue::LongUInt(token.delivery_count),
+                    ),
+                ];
+                self.publish_then_ack(
+                    link,
+                    token,
+                    "publishing to the dead-letter exchange",
+                    &exchange,
+                    &token.routing_key,
+                    headers,
+                )
+                .await
+            }
         }
-        token
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(e, "acknowledging").into())
     }
 }
 
 #[async_trait]
 impl EventSource for RabbitMqSource {
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, SourceError> {
-        if self.inner.closed.load(Ordering::SeqCst) {
+        if self.is_closed() {
             return Err(SourceError::closed());
         }
         let mut slot = self.inner.consumer.lock().await;
@@ -334,17 +399,31 @@ impl EventSource for RabbitMqSource {
             .map_or(0, |link| link.generation);
         let first = match stream.next().await {
             Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => return Err(self.lost(&mut slot, &error.to_string())),
-            None => return Err(self.lost(&mut slot, "the consumer was cancelled")),
+            Some(Err(error)) => return Err(self.lost(&mut slot, "receiving", &error.to_string())),
+            None => {
+                return Err(self.lost(&mut slot, "receiving", "the broker cancelled the consumer"))
+            }
         };
         let mut batch = vec![self.delivery(generation, first)];
         while batch.len() < max.max(1) {
             // Take what is already here; never wait for more.
             match stream.next().now_or_never() {
                 Some(Some(Ok(delivery))) => batch.push(self.delivery(generation, delivery)),
-                Some(Some(Err(_)) | None) => {
-                    // Hand over what arrived; the next receive sees the loss and reconnects.
-                    slot.take();
+                Some(Some(Err(error))) => {
+                    // Hand over what arrived; the next receive reconnects.
+                    let _ = self.lost(
+                        &mut slot,
+                        "receiving the rest of a batch",
+                        &error.to_string(),
+                    );
+                    break;
+                }
+                Some(None) => {
+                    let _ = self.lost(
+                        &mut slot,
+                        "receiving the rest of a batch",
+                        "the broker cancelled the consumer",
+                    );
                     break;
                 }
                 None => break,
@@ -368,72 +447,43 @@ impl EventSource for RabbitMqSource {
                 ))
             }
         };
-        match settlement {
-            Settlement::Complete => token
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(e, "acknowledging").into()),
-            Settlement::Abandon => {
-                let count = AMQPValue::LongUInt(token.delivery_count);
-                let queue = self.inner.queue.clone();
-                self.publish_then_ack(
-                    &link,
-                    token,
-                    "",
-                    &queue,
-                    vec![(DELIVERY_COUNT_HEADER, count)],
-                )
-                .await
-            }
-            Settlement::DeadLetter {
-                reason,
-                description,
-            } => {
-                let exchange = self.inner.config.dead_letter_exchange.clone();
-                let routing_key = token.routing_key.clone();
-                let headers = vec![
-                    (
-                        DEAD_LETTER_REASON_HEADER,
-                        AMQPValue::LongString(reason.into()),
-                    ),
-                    (
-                        DEAD_LETTER_DESCRIPTION_HEADER,
-                        AMQPValue::LongString(description.into()),
-                    ),
-                    (
-                        DEAD_LETTER_QUEUE_HEADER,
-                        AMQPValue::LongString(self.inner.queue.clone().into()),
-                    ),
-                    (
-                        DELIVERY_COUNT_HEADER,
-                        AMQPValue::LongUInt(token.delivery_count),
-                    ),
-                ];
-                self.publish_then_ack(&link, token, &exchange, &routing_key, headers)
-                    .await
+        if token.acker.poisoned() {
+            return Err(SourceError::settlement_lost(
+                "the channel the delivery came on is closed; the broker redelivers it",
+            ));
+        }
+        match self.settle_on(&link, &token, settlement).await {
+            Ok(()) => Ok(()),
+            Err(failed) => {
+                let released = match &failed.failure {
+                    // Nothing more to send: the broker requeued it with the channel.
+                    StepFailure::ChannelClosed => Released::AlreadyGone,
+                    _ => {
+                        link.release(&token.acker, self.inner.config.confirm_timeout)
+                            .await
+                    }
+                };
+                Err(failed.released(released))
             }
         }
     }
 
     async fn close(&self) -> Result<(), SourceError> {
-        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.shutdown.cancel();
+        // An attempt under way gives up at its next step and releases what it opened; wait
+        // for that, so that nothing it started reaches the broker after `close` returns.
+        self.inner.attempts.close();
+        let _ = tokio::time::timeout(4 * CLOSE_TIMEOUT, self.inner.attempts.wait()).await;
+        let retired = lock(&self.inner.retired).take();
+        if let Some(old) = retired {
+            old.close().await;
+        }
         let link = lock(&self.inner.link).take();
         let Some(link) = link else {
             return Ok(());
         };
-        let mut result = Ok(());
-        if matches!(self.inner.config.mode, QueueMode::Instance { .. }) {
-            if let Err(error) =
-                topology::delete_instance_queue(&link.channel, &self.inner.config).await
-            {
-                tracing::warn!(error = %error.message, "could not delete the instance queue; its idle expiry will");
-                result = Err(error.into());
-            }
-        }
-        let _ = link.channel.close(200, "shutting down".into()).await;
-        let _ = link.connection.close(200, "shutting down".into()).await;
+        let result = link::delete_instance_queue(&link.channel, &self.inner.config).await;
+        link.close().await;
         metrics::gauge!("keyvault_invalidator_rabbitmq_connected").set(0.0);
         result
     }

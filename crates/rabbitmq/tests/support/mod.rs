@@ -2,6 +2,8 @@
 //! publishing as an application would, reading the dead-letter queue.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use keyvault_invalidator_rabbitmq::lapin::options::{
@@ -99,9 +101,23 @@ pub async fn publish(
     routing_key: &str,
     body: &[u8],
 ) -> Result<(), String> {
-    let properties = BasicProperties::default()
+    publish_with_id(channel, exchange, routing_key, body, None).await
+}
+
+/// [`publish`] with a `message-id` property.
+pub async fn publish_with_id(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    message_id: Option<&str>,
+) -> Result<(), String> {
+    let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
+    if let Some(id) = message_id {
+        properties = properties.with_message_id(id.into());
+    }
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -220,4 +236,76 @@ pub async fn remove(url: &str, config: &RabbitMqConfig) {
             .await;
     }
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// Runs `rabbitmqctl` with `args`; its output, or why it failed.
+pub async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// `(ready, unacknowledged)` messages of `queue`, from the broker's own count, or `None`
+/// when the queue does not exist.
+pub async fn queue_counts(queue: &str) -> Option<(u64, u64)> {
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "-s",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .await
+    .expect("rabbitmqctl list_queues");
+    listing.lines().find_map(|line| {
+        let mut fields = line.split('\t');
+        if fields.next()? != queue {
+            return None;
+        }
+        let ready = fields.next()?.trim().parse().ok()?;
+        let unacked = fields.next()?.trim().parse().ok()?;
+        Some((ready, unacked))
+    })
+}
+
+/// Waits (up to 30 s) until `queue` holds `expected` `(ready, unacknowledged)` messages, and
+/// returns what it last held.
+pub async fn wait_for_counts(queue: &str, expected: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = queue_counts(queue).await;
+        if counts == expected || tokio::time::Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How many connections the broker has open under this connection name (the client
+/// property the source sets).
+pub async fn connections_named(name: &str) -> usize {
+    let listing = rabbitmqctl(&["list_connections", "-s", "client_properties"])
+        .await
+        .expect("rabbitmqctl list_connections");
+    listing.lines().filter(|line| line.contains(name)).count()
+}
+
+/// Waits (up to 30 s) until the broker has `expected` connections under `name`, and returns
+/// the last count.
+pub async fn wait_for_connections(name: &str, expected: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = connections_named(name).await;
+        if count == expected || tokio::time::Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
