@@ -4,7 +4,9 @@ mod support;
 
 use std::sync::Mutex;
 
-use keyvault_invalidator_rabbitmq::lapin::{Channel, Connection};
+use keyvault_invalidator_rabbitmq::lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use keyvault_invalidator_rabbitmq::lapin::types::FieldTable;
+use keyvault_invalidator_rabbitmq::lapin::{Channel, Connection, ExchangeKind};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
 use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
 
@@ -27,13 +29,55 @@ impl ConformanceTarget for Broker {
         source
     }
 
-    async fn publish(&self, source: &RabbitMqSource, _message_id: &str, body: &[u8]) {
+    /// An existing queue, as infrastructure declares one for instances to share, bound to an
+    /// exchange of its own: unlike an instance queue, it outlives its sources.
+    async fn new_shared_source(&self) -> RabbitMqSource {
+        let exchange = support::unique("conformance-shared-ex");
+        let queue = support::unique("conformance-shared");
+        let channel = &self.publisher.1;
+        support::declare_exchange(channel, &exchange, ExchangeKind::Topic).await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .expect("declare the shared queue");
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the shared queue");
+        let config = RabbitMqConfig::existing_queue(&self.url, &queue)
+            .unwrap()
+            .exchange(&exchange)
+            .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"));
+        self.configs.lock().unwrap().push(config.clone());
+        let source = RabbitMqSource::new(config);
+        source.connect().await.expect("connect");
+        source
+    }
+
+    async fn reopen(&self, source: &RabbitMqSource) -> RabbitMqSource {
+        let reopened = RabbitMqSource::new(source.config().clone());
+        reopened.connect().await.expect("connect again");
+        reopened
+    }
+
+    async fn publish(&self, source: &RabbitMqSource, message_id: &str, body: &[u8]) {
         let exchange = source.config().exchange_name().to_owned();
-        support::publish(
+        support::publish_with_id(
             &self.publisher.1,
             &exchange,
             "Microsoft.KeyVault.SecretNewVersionCreated",
             body,
+            Some(message_id),
         )
         .await
         .expect("publish");

@@ -14,7 +14,7 @@ use keyvault_invalidator_moka::CachedSecretProvider;
 use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
 use keyvault_invalidator_testkit::keyvault_standin::FakeTokenCredential;
-use keyvault_invalidator_testkit::servicebus_emulator::ServiceBusEmulator;
+use keyvault_invalidator_testkit::servicebus_emulator::{ServiceBusEmulator, SubscriptionSettings};
 use keyvault_invalidator_testkit::{
     eventually, InMemoryVault, KeyVaultEventBuilder, RecordingCache, EVENTUALLY_TIMEOUT,
 };
@@ -81,10 +81,45 @@ impl ConformanceTarget for Emulated {
         source
     }
 
-    async fn publish(&self, source: &ServiceBusSource, _message_id: &str, body: &[u8]) {
+    /// A subscription made beforehand, as infrastructure makes one for instances to share:
+    /// unlike an automatic one, closing a source does not delete it. Short locks, so that what
+    /// a closed source left locked comes back soon.
+    async fn new_shared_source(&self) -> ServiceBusSource {
+        let topic = unique_topic("conformance-shared");
+        self.emulator.create_topic(&topic);
+        let subscription = format!("{topic}-shared");
+        let settings = SubscriptionSettings {
+            lock_duration: short_lock().lock_duration,
+            ..SubscriptionSettings::default()
+        };
         assert!(self
             .emulator
-            .publish_as_event_grid(&topic_of(&self.emulator, source), body));
+            .create_subscription(&topic, &subscription, settings));
+        let config = connection_string_config(&self.emulator, &topic)
+            .existing_subscription(&subscription)
+            .unwrap();
+        let source = ServiceBusSource::new(config);
+        source.connect().await.expect("connect");
+        source
+    }
+
+    async fn reopen(&self, source: &ServiceBusSource) -> ServiceBusSource {
+        let topic = topic_of(&self.emulator, source);
+        let config = connection_string_config(&self.emulator, &topic)
+            .existing_subscription(source.subscription_name())
+            .unwrap();
+        let reopened = ServiceBusSource::new(config);
+        reopened.connect().await.expect("connect again");
+        reopened
+    }
+
+    async fn publish(&self, source: &ServiceBusSource, message_id: &str, body: &[u8]) {
+        assert!(self.emulator.publish_message(
+            &topic_of(&self.emulator, source),
+            body,
+            Default::default(),
+            Some(message_id.to_owned()),
+        ));
     }
 
     async fn dead_letters(&self, source: &ServiceBusSource) -> Vec<DeadLetter> {

@@ -29,8 +29,9 @@ use fe2o3_amqp_cbs::token::CbsToken;
 use keyvault_invalidator_core::secrecy::ExposeSecret;
 use keyvault_invalidator_secrets::credential;
 use keyvault_invalidator_servicebus::{
-    fully_qualified_namespace, sas_token, ConnectionString, ServiceBusConfig, ServiceBusSource,
-    SharedAccess, SubscriptionProperties, SERVICE_BUS_SCOPE,
+    fully_qualified_namespace, generate_subscription_name, sas_token, ConnectionString,
+    ManagementAuth, ManagementClient, ServiceBusConfig, ServiceBusSource, SharedAccess,
+    SubscriptionProperties, SERVICE_BUS_SCOPE,
 };
 use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
 
@@ -146,12 +147,16 @@ impl Live {
             _ => config,
         };
         config
-            .subscription_properties(SubscriptionProperties {
-                lock_duration: Duration::from_secs(5),
-                auto_delete_on_idle: Duration::from_secs(5 * 60),
-                ..Default::default()
-            })
+            .subscription_properties(live_properties())
             .expect("properties")
+    }
+}
+
+fn live_properties() -> SubscriptionProperties {
+    SubscriptionProperties {
+        lock_duration: Duration::from_secs(5),
+        auto_delete_on_idle: Duration::from_secs(5 * 60),
+        ..Default::default()
     }
 }
 
@@ -170,6 +175,45 @@ impl ConformanceTarget for Live {
             .await
             .expect("connect to the live subscription");
         source
+    }
+
+    /// A subscription made through the management API beforehand, as infrastructure makes one
+    /// for instances to share: closing a source does not delete it (its `AutoDeleteOnIdle`
+    /// does, five minutes after the check).
+    async fn new_shared_source(&self) -> ServiceBusSource {
+        let auth = match &self.access {
+            Access::ConnectionString(cs) => {
+                ManagementAuth::SharedAccess(cs.shared_access().clone())
+            }
+            Access::Credential(credential) => ManagementAuth::Credential(credential.clone()),
+        };
+        let management = ManagementClient::new(&format!("https://{}/", self.namespace), auth)
+            .expect("a management client");
+        let subscription = generate_subscription_name("kvi-live-shared");
+        management
+            .create_subscription(&self.topic, &subscription, &live_properties())
+            .await
+            .expect("create the shared subscription");
+        let source = ServiceBusSource::new(
+            self.config()
+                .existing_subscription(&subscription)
+                .expect("config"),
+        );
+        source
+            .connect()
+            .await
+            .expect("connect to the shared subscription");
+        source
+    }
+
+    async fn reopen(&self, source: &ServiceBusSource) -> ServiceBusSource {
+        let reopened = ServiceBusSource::new(
+            self.config()
+                .existing_subscription(source.subscription_name())
+                .expect("config"),
+        );
+        reopened.connect().await.expect("connect again");
+        reopened
     }
 
     async fn publish(&self, _source: &ServiceBusSource, message_id: &str, body: &[u8]) {

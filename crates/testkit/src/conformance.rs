@@ -1,7 +1,8 @@
 //! The conformance suite every [`EventSource`] must pass.
 //!
 //! An adapter's own tests implement [`ConformanceTarget`] (how to make an isolated source, how to
-//! publish into it, how to read what it dead-lettered) and call [`run_all`], or the single checks.
+//! publish into it, how to read what it dead-lettered, how to open a second source over the same
+//! queue) and call [`run_all`], or the single checks.
 //! Every check asserts exact outcomes and panics with a message naming the broken promise.
 //!
 //! ```
@@ -21,6 +22,9 @@
 //!         source.publisher().dead_letters().into_iter()
 //!             .map(|m| DeadLetter { body: m.body.to_vec(), reason: m.reason, description: m.description })
 //!             .collect()
+//!     }
+//!     async fn reopen(&self, source: &InMemoryEventSource) -> InMemoryEventSource {
+//!         source.reopen()
 //!     }
 //! }
 //!
@@ -49,9 +53,32 @@ pub trait ConformanceTarget: Send + Sync {
     /// A fresh, open source over an empty, isolated queue (each check makes its own).
     async fn new_source(&self) -> Self::Source;
 
-    /// Publishes a message so `source` will deliver it. The suite's bodies are small JSON
-    /// documents.
+    /// Publishes a message so `source` will deliver it, with `message_id` as its transport
+    /// message id (the suite checks that the very messages come back). The suite's bodies are
+    /// small JSON documents.
     async fn publish(&self, source: &Self::Source, message_id: &str, body: &[u8]);
+
+    /// A fresh, open source over an empty, isolated queue that outlives its sources: one that
+    /// infrastructure declares and instances share, rather than one a source owns and deletes
+    /// when it closes. [`unsettled_deliveries_come_back_after_close`] closes it and receives
+    /// with [`reopen`](Self::reopen). The default is [`new_source`](Self::new_source), for a
+    /// target whose queues all outlive their sources.
+    ///
+    /// Why a second kind of source: a RabbitMQ instance queue and an automatic Service Bus
+    /// subscription belong to one application instance, and its source deletes them at close.
+    /// Deliveries they held unsettled go with them, and that is the intent: every instance has
+    /// its own copy of every event, for its own cache, which goes away with the instance; no
+    /// other instance is owed them. What must come back is what a shared queue held.
+    async fn new_shared_source(&self) -> Self::Source {
+        self.new_source().await
+    }
+
+    /// Another open source over the same queue as `source` (which may be closed), as another
+    /// instance sharing the queue, or the same one restarted, would open it.
+    async fn reopen(&self, source: &Self::Source) -> Self::Source;
+
+    // No check holds more than three deliveries unsettled at once: a transport that sends
+    // ahead only as many as are settled (a prefetch, link credit) passes from three up.
 
     /// What `source` dead-lettered so far, read from outside the source (a dead-letter queue).
     /// May wait briefly for the transport to move the messages.
@@ -118,7 +145,17 @@ pub async fn run_all<T: ConformanceTarget>(target: &T) {
         dropped_receive_loses_nothing(target),
     )
     .await;
+    bounded(
+        "receive_dropped_with_a_message_in_flight_loses_nothing",
+        receive_dropped_with_a_message_in_flight_loses_nothing(target),
+    )
+    .await;
     bounded("close_stops_receiving", close_stops_receiving(target)).await;
+    bounded(
+        "unsettled_deliveries_come_back_after_close",
+        unsettled_deliveries_come_back_after_close(target),
+    )
+    .await;
     bounded(
         "lock_is_kept_while_a_delivery_is_in_flight",
         lock_is_kept_while_a_delivery_is_in_flight(target),
@@ -343,6 +380,151 @@ pub async fn dropped_receive_loses_nothing<T: ConformanceTarget>(target: &T) {
         settle(&source, delivery, Settlement::Complete, what).await;
     }
     source.close().await.expect("close");
+}
+
+/// `(message id, body, delivery count)` of each delivery, sorted: what the checks compare.
+fn seen(deliveries: &[Delivery]) -> Vec<(Option<String>, Vec<u8>, u32)> {
+    let mut seen: Vec<_> = deliveries
+        .iter()
+        .map(|d| (d.message_id.clone(), d.body.to_vec(), d.delivery_count))
+        .collect();
+    seen.sort();
+    seen
+}
+
+/// Receives until `count` deliveries have arrived in all (never asking for more than are
+/// missing), and returns them unsettled.
+async fn receive_exactly<S: EventSource + ?Sized>(
+    source: &S,
+    count: usize,
+    what: &str,
+) -> Vec<Delivery> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let batch = receive_some(source, count - received.len(), what).await;
+        received.extend(batch);
+    }
+    received
+}
+
+/// A `receive` dropped while a message is on its way to it (published while it waits, and
+/// dropped as the publication returns or a moment later, as the job drops it at shutdown or
+/// `select!` drops a losing branch) loses nothing: every message is delivered, once, with
+/// count 1, by that receive if it finished first or by a later one.
+pub async fn receive_dropped_with_a_message_in_flight_loses_nothing<T: ConformanceTarget>(
+    target: &T,
+) {
+    let what = "a receive dropped with a message in flight loses nothing";
+    let source = target.new_source().await;
+    // Dropped as the publication returns (twice, as the first round also connects), and at
+    // moments when the message is on the wire, in the transport's buffers, or handed over.
+    let delays_ms = [0u64, 0, 1, 5, 20, 100];
+    let mut received = Vec::new();
+    for (round, delay) in delays_ms.iter().enumerate() {
+        let id = format!("in-flight-{round}");
+        let body = body(200 + round);
+        let receive = source.receive(10);
+        tokio::pin!(receive);
+        let publish = async {
+            target.publish(&source, &id, &body).await;
+            tokio::time::sleep(Duration::from_millis(*delay)).await;
+        };
+        tokio::pin!(publish);
+        tokio::select! {
+            batch = &mut receive => {
+                let batch = batch.unwrap_or_else(|e| panic!("{what}: round {round}: receive failed: {e}"));
+                received.extend(complete_all(&source, batch, what).await);
+                // The publication is part of the round whatever the receive did.
+                publish.await;
+            }
+            () = &mut publish => {}
+        }
+    }
+    while received.len() < delays_ms.len() {
+        let batch = receive_some(&source, delays_ms.len() - received.len(), what).await;
+        received.extend(complete_all(&source, batch, what).await);
+    }
+    received.sort();
+    let expected: Vec<_> = (0..delays_ms.len())
+        .map(|round| (Some(format!("in-flight-{round}")), body(200 + round), 1))
+        .collect();
+    assert_eq!(
+        received, expected,
+        "{what}: every message once, as first delivered"
+    );
+    assert_quiet(&source, what).await;
+    source.close().await.expect("close");
+}
+
+/// Completes each delivery at once (a transport may send ahead only as many as are settled),
+/// and returns what each was.
+async fn complete_all<S: EventSource>(
+    source: &S,
+    batch: Vec<Delivery>,
+    what: &str,
+) -> Vec<(Option<String>, Vec<u8>, u32)> {
+    let mut seen = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        seen.push((
+            delivery.message_id.clone(),
+            delivery.body.to_vec(),
+            delivery.delivery_count,
+        ));
+        settle(source, delivery, Settlement::Complete, what).await;
+    }
+    seen
+}
+
+/// Deliveries received and never settled when their source closes come back, the very
+/// messages, to a source opened afterwards over the same queue, counted once more; settling
+/// one on the closed source fails as lost rather than passing for done.
+pub async fn unsettled_deliveries_come_back_after_close<T: ConformanceTarget>(target: &T) {
+    let what = "deliveries left unsettled at close come back";
+    let source = target.new_shared_source().await;
+    for n in 0..3 {
+        target
+            .publish(&source, &format!("unsettled-{n}"), &body(300 + n))
+            .await;
+    }
+    let mut held = receive_exactly(&source, 3, what).await;
+    let first: Vec<_> = (0..3)
+        .map(|n| (Some(format!("unsettled-{n}")), body(300 + n), 1))
+        .collect();
+    assert_eq!(
+        seen(&held),
+        first,
+        "{what}: the three messages, first delivery"
+    );
+    source
+        .close()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close failed: {e}"));
+    let late = held.remove(0);
+    match source.settle(late.token, Settlement::Complete).await {
+        Err(error) => assert_eq!(
+            error.kind,
+            SourceErrorKind::SettlementLost,
+            "{what}: settling after close: {error}"
+        ),
+        Ok(()) => panic!("{what}: a delivery settled after its source closed"),
+    }
+    drop(held);
+
+    let reopened = target.reopen(&source).await;
+    let back = receive_exactly(&reopened, 3, what).await;
+    let again: Vec<_> = (0..3)
+        .map(|n| (Some(format!("unsettled-{n}")), body(300 + n), 2))
+        .collect();
+    assert_eq!(
+        seen(&back),
+        again,
+        "{what}: the same three messages, counted once more"
+    );
+    for delivery in back {
+        settle(&reopened, delivery, Settlement::Complete, what).await;
+    }
+    assert_quiet(&reopened, what).await;
+    reopened.close().await.expect("close");
 }
 
 /// After `close`, `receive` fails with [`SourceErrorKind::Closed`].

@@ -1,6 +1,6 @@
 //! An in-memory [`EventSource`] with a publisher handle and a settlement log.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,7 +18,9 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An in-memory queue that behaves like a peek-lock transport: deliveries stay locked until
 /// settled, abandoned ones come back with a higher delivery count, dead-lettered ones move to a
-/// dead-letter list, and every settlement is logged.
+/// dead-letter list, and every settlement is logged. Closing a source hands its unsettled
+/// deliveries back to the queue, where [`reopen`](Self::reopen)ed sources (other instances
+/// sharing the queue, or a restarted one) receive them again, counted once more.
 ///
 /// ```
 /// use keyvault_invalidator_core::{EventSource, Settlement};
@@ -37,9 +39,17 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// assert_eq!(publisher.log().completed(), vec!["m1".to_string()]);
 /// # }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct InMemoryEventSource {
     shared: Arc<Shared>,
+    /// Which of the queue's sources this is (clones are the same source).
+    id: u64,
+}
+
+impl Default for InMemoryEventSource {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Publishes into an [`InMemoryEventSource`] and reads what happened to the messages.
@@ -50,6 +60,7 @@ pub struct InMemoryPublisher {
 
 #[derive(Default)]
 struct Shared {
+    /// Which queue this is.
     id: u64,
     state: Mutex<State>,
     arrivals: Notify,
@@ -59,9 +70,12 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Message>,
-    in_flight: HashMap<u64, Message>,
+    /// By lock: the source that holds the delivery, and the message.
+    in_flight: HashMap<u64, (u64, Message)>,
     next_lock: u64,
-    closed: bool,
+    /// The sources opened over the queue, and those of them closed.
+    opened: BTreeSet<u64>,
+    closed: BTreeSet<u64>,
     receive_faults: VecDeque<SourceError>,
     receive_panics: usize,
     settle_panics: usize,
@@ -77,8 +91,9 @@ struct Message {
     delivery_count: u32,
 }
 
-/// The token's payload: which source, which lock.
+/// The token's payload: which queue and source, which lock.
 struct Lock {
+    queue: u64,
     source: u64,
     lock: u64,
 }
@@ -163,12 +178,45 @@ static NEXT_SOURCE_ID: AtomicU64 = AtomicU64::new(1);
 impl InMemoryEventSource {
     /// An empty, open source.
     pub fn new() -> Self {
-        InMemoryEventSource {
+        let source = InMemoryEventSource {
             shared: Arc::new(Shared {
                 id: NEXT_SOURCE_ID.fetch_add(1, Ordering::Relaxed),
                 ..Shared::default()
             }),
-        }
+            id: NEXT_SOURCE_ID.fetch_add(1, Ordering::Relaxed),
+        };
+        source.shared.lock().opened.insert(source.id);
+        source
+    }
+
+    /// Another open source over the same queue, as another instance sharing it (or this one
+    /// restarted) would open: it receives what is queued, deliveries that closed sources left
+    /// unsettled included. Its tokens settle only on it, as a broker's delivery tags belong to
+    /// their channel.
+    ///
+    /// ```
+    /// use keyvault_invalidator_core::{EventSource, Settlement};
+    /// use keyvault_invalidator_testkit::InMemoryEventSource;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let first = InMemoryEventSource::new();
+    /// first.publisher().publish("m1", b"{}".to_vec());
+    /// let unsettled = first.receive(1).await.unwrap();
+    /// first.close().await.unwrap();
+    ///
+    /// let second = first.reopen();
+    /// let again = second.receive(1).await.unwrap().remove(0);
+    /// assert_eq!((again.message_id.as_deref(), again.delivery_count), (Some("m1"), 2));
+    /// second.settle(again.token, Settlement::Complete).await.unwrap();
+    /// # drop(unsettled); }
+    /// ```
+    pub fn reopen(&self) -> InMemoryEventSource {
+        let source = InMemoryEventSource {
+            shared: self.shared.clone(),
+            id: NEXT_SOURCE_ID.fetch_add(1, Ordering::Relaxed),
+        };
+        self.shared.lock().opened.insert(source.id);
+        source
     }
 
     /// A handle that publishes into this source and reads its log.
@@ -220,7 +268,7 @@ impl EventSource for InMemoryEventSource {
             arrived.as_mut().enable();
             {
                 let mut state = self.shared.lock();
-                if state.closed {
+                if state.closed.contains(&self.id) {
                     return Err(SourceError::closed());
                 }
                 if state.receive_panics > 0 {
@@ -245,11 +293,12 @@ impl EventSource for InMemoryEventSource {
                             message_id: Some(message.id.clone()),
                             delivery_count: message.delivery_count,
                             token: DeliveryToken::new(Lock {
-                                source: self.shared.id,
+                                queue: self.shared.id,
+                                source: self.id,
                                 lock,
                             }),
                         });
-                        state.in_flight.insert(lock, message);
+                        state.in_flight.insert(lock, (self.id, message));
                     }
                     return Ok(batch);
                 }
@@ -264,7 +313,7 @@ impl EventSource for InMemoryEventSource {
         settlement: Settlement,
     ) -> Result<(), SourceError> {
         let lock = match token.into_handle::<Lock>()? {
-            lock if lock.source == self.shared.id => lock.lock,
+            lock if lock.queue == self.shared.id && lock.source == self.id => lock.lock,
             _ => return Err(SourceError::fatal("the token was issued by another source")),
         };
         let mut state = self.shared.lock();
@@ -273,7 +322,7 @@ impl EventSource for InMemoryEventSource {
             drop(state);
             panic!("injected panic in InMemoryEventSource::settle");
         }
-        let Some(message) = state.in_flight.remove(&lock) else {
+        let Some((_, message)) = state.in_flight.remove(&lock) else {
             return Err(SourceError::settlement_lost(
                 "the delivery is no longer locked (the source was closed)",
             ));
@@ -306,9 +355,19 @@ impl EventSource for InMemoryEventSource {
 
     async fn close(&self) -> Result<(), SourceError> {
         let mut state = self.shared.lock();
-        state.closed = true;
-        // Unsettled deliveries go back to the queue, as a broker returns them to other consumers.
-        let mut returned: Vec<(u64, Message)> = state.in_flight.drain().collect();
+        state.closed.insert(self.id);
+        // This source's unsettled deliveries go back to the queue, as a broker returns them to
+        // other consumers.
+        let mine: Vec<u64> = state
+            .in_flight
+            .iter()
+            .filter(|(_, (source, _))| *source == self.id)
+            .map(|(lock, _)| *lock)
+            .collect();
+        let mut returned: Vec<(u64, Message)> = mine
+            .into_iter()
+            .filter_map(|lock| Some((lock, state.in_flight.remove(&lock)?.1)))
+            .collect();
         returned.sort_by_key(|(lock, _)| *lock);
         for (_, message) in returned.into_iter().rev() {
             state.queue.push_front(message);
@@ -361,9 +420,12 @@ impl InMemoryPublisher {
         self.shared.lock().in_flight.len()
     }
 
-    /// Whether the source was closed.
+    /// Whether every source over the queue (the first and those [`reopen`]ed) was closed.
+    ///
+    /// [`reopen`]: InMemoryEventSource::reopen
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        let state = self.shared.lock();
+        state.closed.len() == state.opened.len()
     }
 
     /// Waits until at least `count` settlements are logged and returns the log.

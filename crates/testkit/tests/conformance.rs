@@ -31,6 +31,10 @@ impl ConformanceTarget for InMemory {
             })
             .collect()
     }
+
+    async fn reopen(&self, source: &InMemoryEventSource) -> InMemoryEventSource {
+        source.reopen()
+    }
 }
 
 #[tokio::test]
