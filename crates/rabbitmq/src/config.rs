@@ -78,6 +78,7 @@ pub struct RabbitMqConfig {
     pub(crate) instance_id: String,
     pub(crate) reconnect_backoff: Backoff,
     pub(crate) confirm_timeout: Duration,
+    pub(crate) fail_releases: bool,
 }
 
 /// The full connection URI, password included. Held as a [`SecretString`] (zeroed when dropped,
@@ -197,6 +198,7 @@ impl RabbitMqConfig {
             instance_id,
             reconnect_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+            fail_releases: false,
         };
         config.check_queue_name()?;
         Ok(config)
@@ -284,6 +286,16 @@ impl RabbitMqConfig {
     /// The bound set by [`confirm_timeout`](Self::confirm_timeout).
     pub fn confirm_timeout_value(&self) -> Duration {
         self.confirm_timeout
+    }
+
+    /// Test hook, not part of the API: the `basic.nack` that releases a delivery whose
+    /// settlement failed is taken as failed without being sent, so that what follows (closing
+    /// the delivery's channel) can be tested against a healthy broker, where a nack does not
+    /// fail.
+    #[doc(hidden)]
+    pub fn fail_releases_for_tests(mut self) -> Self {
+        self.fail_releases = true;
+        self
     }
 
     /// The queue consumed: the instance queue's full name, or the existing queue.
@@ -511,5 +523,13 @@ mod tests {
             .unwrap();
         assert_eq!(config.queue_name(), "api-i-7");
         assert_eq!(config.connection_name(), "keyvault-invalidator i-7");
+    }
+
+    #[test]
+    fn settlements_wait_thirty_seconds_for_the_broker_unless_configured() {
+        let config = RabbitMqConfig::instance("amqp://localhost", "api").unwrap();
+        assert_eq!(config.confirm_timeout_value(), Duration::from_secs(30));
+        let config = config.confirm_timeout(Duration::ZERO);
+        assert_eq!(config.confirm_timeout_value(), Duration::from_millis(1));
     }
 }

@@ -94,6 +94,10 @@ pub(crate) enum StepFailure {
     /// The broker did not answer in time.
     #[error("the broker did not answer within {0:?}")]
     TimedOut(Duration),
+    /// Not sent: [`RabbitMqConfig::fail_releases_for_tests`](crate::RabbitMqConfig) made it
+    /// fail.
+    #[error("the nack failed (a test hook made it fail)")]
+    Injected,
     /// The channel the step needed is closed: lapin refuses the step without sending it.
     #[error("the channel is closed")]
     ChannelClosed,

@@ -193,7 +193,7 @@ impl Link {
     /// requeue, or, when that fails too, closing the channel it came on (the broker then
     /// requeues every delivery of the channel; the consumer ends with it and `receive`
     /// reconnects). Either way the delivery no longer holds a prefetch slot.
-    pub(crate) async fn release(&self, acker: &Acker, timeout: Duration) -> Released {
+    pub(crate) async fn release(&self, acker: &Acker, config: &RabbitMqConfig) -> Released {
         if acker.poisoned() {
             return Released::AlreadyGone;
         }
@@ -201,11 +201,16 @@ impl Link {
             multiple: false,
             requeue: true,
         };
-        let nacked = match tokio::time::timeout(timeout, acker.nack(requeue)).await {
-            Ok(Ok(true)) => return Released::Nacked,
-            Ok(Ok(false)) => StepFailure::ChannelClosed,
-            Ok(Err(error)) => StepFailure::Lapin(error),
-            Err(_) => StepFailure::TimedOut(timeout),
+        let timeout = config.confirm_timeout;
+        let nacked = if config.fail_releases {
+            StepFailure::Injected
+        } else {
+            match tokio::time::timeout(timeout, acker.nack(requeue)).await {
+                Ok(Ok(true)) => return Released::Nacked,
+                Ok(Ok(false)) => StepFailure::ChannelClosed,
+                Ok(Err(error)) => StepFailure::Lapin(error),
+                Err(_) => StepFailure::TimedOut(timeout),
+            }
         };
         tracing::warn!(error = %nacked, "could not release a delivery; closing its channel so that the broker requeues it");
         let closed = tokio::time::timeout(

@@ -458,10 +458,7 @@ impl EventSource for RabbitMqSource {
                 let released = match &failed.failure {
                     // Nothing more to send: the broker requeued it with the channel.
                     StepFailure::ChannelClosed => Released::AlreadyGone,
-                    _ => {
-                        link.release(&token.acker, self.inner.config.confirm_timeout)
-                            .await
-                    }
+                    _ => link.release(&token.acker, &self.inner.config).await,
                 };
                 Err(failed.released(released))
             }

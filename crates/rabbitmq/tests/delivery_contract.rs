@@ -156,6 +156,85 @@ async fn a_republish_the_broker_refuses_leaves_the_original_delivered_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_fails_closes_the_channel_and_the_original_comes_back() {
+    let Some(url) = support::broker().await else {
+        return;
+    };
+    let (_connection, channel) = support::publisher(&url).await;
+    let queue = support::unique("failed-release");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    declare_queue(&channel, &queue, arguments).await;
+    let exchange = support::unique("failed-release-ex");
+    // A healthy broker takes every nack: the hook makes the release's nack fail instead.
+    let config = RabbitMqConfig::existing_queue(&url, &queue)
+        .unwrap()
+        .exchange(&exchange)
+        .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"))
+        .prefetch(1)
+        .fail_releases_for_tests();
+    let source = RabbitMqSource::new(config.clone());
+    source.connect().await.expect("connect");
+    support::publish_with_id(&channel, "", &queue, b"{\"n\":1}", Some("original-1"))
+        .await
+        .unwrap();
+    let original = receive_one(&source, "the original").await;
+    support::publish_with_id(&channel, "", &queue, b"{\"n\":2}", Some("filler-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        support::wait_for_counts(&queue, Some((1, 1))).await,
+        Some((1, 1))
+    );
+
+    let error = source
+        .settle(original.token, Settlement::Abandon)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, SourceErrorKind::SettlementLost);
+    assert_eq!(
+        error.message,
+        "publishing the abandoned delivery again: the broker refused the publish (basic.nack); \
+         releasing the delivery failed too (the nack failed (a test hook made it fail)), so its \
+         channel was closed: the broker requeues every delivery the channel held"
+    );
+    // The consumer ended with its channel: the next receive says so, the one after reconnects.
+    let lost = tokio::time::timeout(PATIENCE, source.receive(1))
+        .await
+        .expect("the loss is reported")
+        .unwrap_err();
+    assert_eq!(lost.kind, SourceErrorKind::Transient, "{lost}");
+    assert!(
+        lost.message
+            .starts_with("lost the RabbitMQ connection while receiving: "),
+        "{lost}"
+    );
+    let again = receive_one(&source, "the original after the reconnection").await;
+    assert_eq!(seen(&again), expected("original-1", b"{\"n\":1}", 2));
+    source
+        .settle(again.token, Settlement::Complete)
+        .await
+        .unwrap();
+    let filler = receive_one(&source, "the filler").await;
+    assert_eq!(seen(&filler), expected("filler-2", b"{\"n\":2}", 1));
+    source
+        .settle(filler.token, Settlement::Complete)
+        .await
+        .unwrap();
+    assert_eq!(
+        support::wait_for_counts(&queue, Some((0, 0))).await,
+        Some((0, 0))
+    );
+    source.close().await.unwrap();
+    delete_queue(&channel, &queue).await;
+    support::remove(&url, &config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_republish_whose_confirm_never_comes_fails_within_the_timeout_and_the_original_comes_back(
 ) {
     let Some(url) = support::broker().await else {
