@@ -36,14 +36,14 @@
 
 pub mod env;
 mod error;
-mod fixed;
+mod static_provider;
 #[cfg(feature = "azure")]
 mod keyvault;
 mod store;
 
 pub use env::{EnvProvider, EnvProviderBuilder};
 pub use error::{ConfigError, ProviderFailure, StoreFailures};
-pub use fixed::{StaticProvider, StaticProviderBuilder};
+pub use static_provider::{StaticProvider, StaticProviderBuilder};
 #[cfg(feature = "azure")]
 pub use keyvault::{credential, KeyVaultProvider, KeyVaultProviderBuilder, DEFAULT_TIMEOUT};
 pub use store::{read_connection_string, SecretStore, SecretStoreBuilder};
