@@ -36,16 +36,16 @@
 
 pub mod env;
 mod error;
-mod static_provider;
 #[cfg(feature = "azure")]
 mod keyvault;
+mod static_provider;
 mod store;
 
 pub use env::{EnvProvider, EnvProviderBuilder};
 pub use error::{ConfigError, ProviderFailure, StoreFailures};
-pub use static_provider::{StaticProvider, StaticProviderBuilder};
 #[cfg(feature = "azure")]
 pub use keyvault::{credential, KeyVaultProvider, KeyVaultProviderBuilder, DEFAULT_TIMEOUT};
+pub use static_provider::{StaticProvider, StaticProviderBuilder};
 pub use store::{read_connection_string, SecretStore, SecretStoreBuilder};
 
 /// The Azure SDK crates this one builds on, so applications name the same versions
