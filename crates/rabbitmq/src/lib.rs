@@ -39,5 +39,12 @@ pub use source::{
     DEAD_LETTER_REASON_HEADER, DELIVERY_COUNT_HEADER,
 };
 
+/// The metadata reading, for the fuzz targets in `fuzz/` only: not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::source::{read_metadata, Metadata};
+}
+
 /// The `lapin` this crate is built on, for publishing in the same version.
 pub use lapin;

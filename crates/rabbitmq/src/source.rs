@@ -256,27 +256,18 @@ impl RabbitMqSource {
     }
 
     fn delivery(&self, generation: u64, delivery: lapin::message::Delivery) -> Delivery {
-        let headers = delivery.properties.headers().as_ref();
-        let delivery_count = delivery_count(headers, delivery.redelivered);
-        let mut properties = BTreeMap::new();
-        if let Some(table) = headers {
-            for (key, value) in table.inner() {
-                if let Some(text) = scalar_text(value) {
-                    properties.insert(key.to_string(), text);
-                }
-            }
-        }
-        if let Some(content_type) = delivery.properties.content_type() {
-            properties.insert("content-type".to_owned(), content_type.to_string());
-        }
-        properties.insert("routing-key".to_owned(), delivery.routing_key.to_string());
+        let Metadata {
+            message_id,
+            delivery_count,
+            properties,
+        } = read_metadata(
+            &delivery.properties,
+            delivery.routing_key.as_str(),
+            delivery.redelivered,
+        );
         let body = Bytes::from(delivery.data);
         Delivery {
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string()),
+            message_id,
             delivery_count,
             properties,
             body: body.clone(),
@@ -495,6 +486,44 @@ impl fmt::Debug for RabbitMqSource {
     }
 }
 
+/// What a delivery's properties say, read once on arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// The `message-id` property.
+    pub message_id: Option<String>,
+    /// How many times the message was delivered, this one included: at least 1.
+    pub delivery_count: u32,
+    /// The scalar headers as text, then `content-type` and `routing-key`.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Reads the message id, the delivery count and the properties of a delivery. Everything in
+/// `properties` came from whoever published the message: nothing is trusted.
+pub fn read_metadata(
+    properties: &BasicProperties,
+    routing_key: &str,
+    redelivered: bool,
+) -> Metadata {
+    let headers = properties.headers().as_ref();
+    let mut text = BTreeMap::new();
+    if let Some(table) = headers {
+        for (key, value) in table.inner() {
+            if let Some(value) = scalar_text(value) {
+                text.insert(key.to_string(), value);
+            }
+        }
+    }
+    if let Some(content_type) = properties.content_type() {
+        text.insert("content-type".to_owned(), content_type.to_string());
+    }
+    text.insert("routing-key".to_owned(), routing_key.to_owned());
+    Metadata {
+        message_id: properties.message_id().as_ref().map(|id| id.to_string()),
+        delivery_count: delivery_count(headers, redelivered),
+        properties: text,
+    }
+}
+
 /// How many times this message has been delivered, this time included: one more than
 /// [`DELIVERY_COUNT_HEADER`] (what this source counted before it republished the message), one
 /// more again if the broker flags it redelivered (a delivery lost with a connection, which the
@@ -521,15 +550,28 @@ fn delivery_count(headers: Option<&FieldTable>, redelivered: bool) -> u32 {
 fn header_count(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
     let value = headers?.inner().get(&ShortString::from(name))?;
     let count = match value {
-        AMQPValue::ShortString(text) => text.as_str().trim().parse::<i128>().ok()?,
-        AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes())
-            .ok()?
-            .trim()
-            .parse::<i128>()
-            .ok()?,
+        AMQPValue::ShortString(text) => text_count(text.as_str())?,
+        AMQPValue::LongString(text) => text_count(std::str::from_utf8(text.as_bytes()).ok()?)?,
         other => i128::from(header_i64(other)?),
     };
     Some(u32::try_from(count.max(0)).unwrap_or(u32::MAX))
+}
+
+/// An integer written as text: trimmed, an optional sign, digits. One of any length counts:
+/// past what `i128` holds it stands for the largest (or smallest) value, which clamps the same.
+fn text_count(text: &str) -> Option<i128> {
+    let text = text.trim();
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    // Checked first: `parse` reports an overflow before it sees a later character that is no
+    // digit.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<i128>().unwrap_or(if text.starts_with('-') {
+        i128::MIN
+    } else {
+        i128::MAX
+    }))
 }
 
 fn scalar_text(value: &AMQPValue) -> Option<String> {
@@ -652,6 +694,73 @@ mod tests {
         }
         assert_eq!(delivery_count(None, false), 1, "no headers at all");
         assert_eq!(delivery_count(None, true), 2);
+    }
+
+    /// Found by the `rabbitmq_metadata` fuzz target: integer text longer than `i128` holds was
+    /// ignored (count 1) instead of clamped to `u32::MAX` as the documentation says. Its second
+    /// find: such text followed by what is no digit is still no integer (`parse` reports the
+    /// overflow first, so a fix that trusted its error kind alone counted it as `u32::MAX`).
+    #[test]
+    fn integer_text_too_long_for_any_integer_type_still_counts() {
+        use AMQPValue as V;
+        // The fuzzer's input: a quorum count of 41 digits, not flagged redelivered.
+        let found = V::ShortString("+97755555555555555555555555555555555155580".into());
+        assert_eq!(
+            delivery_count(Some(&table(&[(QUORUM, found)])), false),
+            u32::MAX
+        );
+        let digits = "9".repeat(200);
+        for text in [
+            digits.clone(),
+            format!("  +{digits}\t"),
+            format!("000{digits}"),
+        ] {
+            for value in [
+                V::ShortString(text.as_str().into()),
+                V::LongString(text.as_str().into()),
+            ] {
+                assert_eq!(
+                    delivery_count(
+                        Some(&table(&[(DELIVERY_COUNT_HEADER, value.clone())])),
+                        false
+                    ),
+                    u32::MAX
+                );
+                assert_eq!(
+                    delivery_count(Some(&table(&[(QUORUM, value)])), false),
+                    u32::MAX
+                );
+            }
+        }
+        // As long and negative: no prior deliveries.
+        let negative = V::LongString(format!("-{digits}").as_str().into());
+        assert_eq!(
+            delivery_count(Some(&table(&[(DELIVERY_COUNT_HEADER, negative)])), true),
+            2
+        );
+        // The second input: past the overflow, characters that are no digits (NULs, which `trim`
+        // keeps). Not an integer, so ignored: this delivery and the redelivery make 2.
+        let found = format!(
+            "{}{}{}\0\0\0\0",
+            "\u{c}".repeat(44),
+            "6".repeat(123),
+            "\u{c}".repeat(19)
+        );
+        let value = V::ShortString(found.as_str().into());
+        assert_eq!(
+            delivery_count(Some(&table(&[(DELIVERY_COUNT_HEADER, value)])), true),
+            2
+        );
+        // Still not integers: a sign alone, digits with a letter, inner spaces.
+        let overflowing_then_letter = format!("{digits}x");
+        for text in ["+", "-", "1 2", "12a", "++1", "", &overflowing_then_letter] {
+            let value = V::ShortString(text.into());
+            assert_eq!(
+                delivery_count(Some(&table(&[(QUORUM, value)])), false),
+                1,
+                "{text:?}"
+            );
+        }
     }
 
     /// Every AMQP integer type, any value, with the edges weighted up: uniform values almost
