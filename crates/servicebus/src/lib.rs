@@ -41,3 +41,7 @@ pub use names::{
 };
 pub use sas::sas_token;
 pub use source::ServiceBusSource;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use source::fuzzing;

@@ -28,6 +28,14 @@ pub(crate) struct Received {
     pub(crate) properties: BTreeMap<String, String>,
 }
 
+impl Received {
+    /// How many times the message was delivered, this one included: the prior deliveries plus
+    /// one, saturating (`header.delivery-count` is a uint from the network, so any `u32` comes).
+    pub(crate) fn delivery_count(&self) -> u32 {
+        self.prior_deliveries.saturating_add(1)
+    }
+}
+
 pub(crate) fn read(message: &Message<Body<Value>>) -> Received {
     let annotation = |name: &str| {
         message.message_annotations.as_ref().and_then(|a| {
