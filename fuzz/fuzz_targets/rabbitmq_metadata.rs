@@ -30,7 +30,7 @@ enum Input {
 
 #[derive(Debug, Arbitrary)]
 struct Built {
-    headers: Option<Vec<(Key, Val)>>,
+    headers: Option<Vec<(HeaderName, Val)>>,
     content_type: Option<String>,
     message_id: Option<String>,
     routing_key: String,
@@ -38,7 +38,7 @@ struct Built {
 }
 
 #[derive(Debug, Arbitrary)]
-enum Key {
+enum HeaderName {
     Ours,
     Quorum,
     ContentType,
@@ -77,7 +77,7 @@ enum Val {
     },
     Timestamp(u64),
     Array(Vec<Val>),
-    Table(Vec<(Key, Val)>),
+    Table(Vec<(HeaderName, Val)>),
     Bytes(Vec<u8>),
     Void,
 }
@@ -91,17 +91,17 @@ fn short(text: &str) -> ShortString {
     ShortString::from(&text[..end])
 }
 
-fn key(key: &Key) -> ShortString {
+fn key(key: &HeaderName) -> ShortString {
     match key {
-        Key::Ours => DELIVERY_COUNT_HEADER.into(),
-        Key::Quorum => QUORUM_HEADER.into(),
-        Key::ContentType => "content-type".into(),
-        Key::RoutingKey => "routing-key".into(),
-        Key::Other(name) => short(name),
+        HeaderName::Ours => DELIVERY_COUNT_HEADER.into(),
+        HeaderName::Quorum => QUORUM_HEADER.into(),
+        HeaderName::ContentType => "content-type".into(),
+        HeaderName::RoutingKey => "routing-key".into(),
+        HeaderName::Other(name) => short(name),
     }
 }
 
-fn table(entries: &[(Key, Val)], depth: usize) -> FieldTable {
+fn table(entries: &[(HeaderName, Val)], depth: usize) -> FieldTable {
     let mut table = FieldTable::default();
     for (name, val) in entries {
         table.insert(key(name), value(val, depth));
