@@ -74,27 +74,33 @@ async fn delete_queue(channel: &Channel, queue: &str) {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_republish_the_broker_refuses_leaves_the_original_delivered_again() {
-    let Some(url) = support::broker().await else {
-        return;
-    };
-    let (_connection, channel) = support::publisher(&url).await;
-    let queue = support::unique("refused-republish");
-    // With one message ready the queue is full, and the broker nacks every publish to it.
+/// A queue of `what`'s own that holds one message: with one ready it is full, and the broker
+/// nacks every publish to it. Returns it and a prefetch-1 source config over it.
+async fn full_queue(url: &str, channel: &Channel, what: &str) -> (String, RabbitMqConfig) {
+    let queue = support::unique(what);
     let mut arguments = FieldTable::default();
     arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
     arguments.insert(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    declare_queue(&channel, &queue, arguments).await;
-    let exchange = support::unique("refused-republish-ex");
-    let config = RabbitMqConfig::existing_queue(&url, &queue)
+    declare_queue(channel, &queue, arguments).await;
+    let exchange = support::unique(&format!("{what}-ex"));
+    let config = RabbitMqConfig::existing_queue(url, &queue)
         .unwrap()
         .exchange(&exchange)
         .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"))
         .prefetch(1);
+    (queue, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republish_the_broker_refuses_leaves_the_original_delivered_again() {
+    let Some(url) = support::broker().await else {
+        return;
+    };
+    let (_connection, channel) = support::publisher(&url).await;
+    let (queue, config) = full_queue(&url, &channel, "refused-republish").await;
     let source = RabbitMqSource::new(config.clone());
     source.connect().await.expect("connect");
 
@@ -161,22 +167,9 @@ async fn a_release_that_fails_closes_the_channel_and_the_original_comes_back() {
         return;
     };
     let (_connection, channel) = support::publisher(&url).await;
-    let queue = support::unique("failed-release");
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    arguments.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    declare_queue(&channel, &queue, arguments).await;
-    let exchange = support::unique("failed-release-ex");
+    let (queue, config) = full_queue(&url, &channel, "failed-release").await;
     // A healthy broker takes every nack: the hook makes the release's nack fail instead.
-    let config = RabbitMqConfig::existing_queue(&url, &queue)
-        .unwrap()
-        .exchange(&exchange)
-        .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"))
-        .prefetch(1)
-        .fail_releases_for_tests();
+    let config = config.fail_releases_for_tests();
     let source = RabbitMqSource::new(config.clone());
     source.connect().await.expect("connect");
     support::publish_with_id(&channel, "", &queue, b"{\"n\":1}", Some("original-1"))
