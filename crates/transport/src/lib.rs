@@ -140,12 +140,9 @@
 //! impl EventSource for ToySource {
 //!     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, SourceError> {
 //!         let batch = self.0.receive(max).await?;
-//!         let delivery = |text: String| Delivery {
-//!             body: Bytes::from(text.clone()),
-//!             properties: Default::default(),
-//!             message_id: None,
-//!             delivery_count: 1,
-//!             token: DeliveryToken::new(Token(batch.generation, text)),
+//!         let delivery = |text: String| {
+//!             let body = Bytes::from(text.clone());
+//!             Delivery::new(body, DeliveryToken::new(Token(batch.generation, text)))
 //!         };
 //!         Ok(batch.items.into_iter().map(delivery).collect())
 //!     }

@@ -169,17 +169,19 @@ impl ServiceBusSource {
             )),
             _ => None,
         };
-        Delivery {
-            delivery_count: received.delivery_count(),
-            body: Bytes::from(received.body),
-            properties: received.properties,
-            message_id: received.message_id,
-            token: DeliveryToken::new(Token {
-                generation,
-                delivery: DeliveryInfo::from(delivery),
-                lock,
-                locked_until: received.locked_until,
-            }),
+        let token = DeliveryToken::new(Token {
+            generation,
+            delivery: DeliveryInfo::from(delivery),
+            lock,
+            locked_until: received.locked_until,
+        });
+        let delivery_count = received.delivery_count();
+        let delivery = Delivery::new(Bytes::from(received.body), token)
+            .with_delivery_count(delivery_count)
+            .with_properties(received.properties);
+        match received.message_id {
+            Some(id) => delivery.with_message_id(id),
+            None => delivery,
         }
     }
 }
@@ -213,14 +215,17 @@ impl EventSource for ServiceBusSource {
         }
         let disposition = match settlement {
             Settlement::Complete => Disposition::Accept,
-            Settlement::Abandon => Disposition::Abandon,
             Settlement::DeadLetter {
                 reason,
                 description,
+                ..
             } => Disposition::DeadLetter {
                 reason,
                 description,
             },
+            // Abandon, and any settlement added later that this source does not know: the
+            // message comes back, which never loses it.
+            _ => Disposition::Abandon,
         };
         let (reply, answer) = oneshot::channel();
         let command = Command::Settle {
