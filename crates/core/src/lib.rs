@@ -22,7 +22,6 @@
 #![warn(missing_docs)]
 
 mod cache;
-mod connect;
 pub mod event;
 mod invalidator;
 pub mod job;
@@ -33,7 +32,6 @@ mod provider;
 mod source;
 
 pub use cache::{CacheError, NewVersion, SecretCache};
-pub use connect::ConnectSlot;
 pub use event::{parse_events, Event, EventKind, KeyVaultEvent, KeyVaultEventType, ParseError};
 pub use invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
 pub use job::{

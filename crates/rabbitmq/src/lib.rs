@@ -25,8 +25,10 @@
 #![warn(missing_docs)]
 
 mod config;
+mod connector;
 mod errors;
 mod link;
+mod metadata;
 mod source;
 mod topology;
 
@@ -43,7 +45,7 @@ pub use source::{
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::source::{read_metadata, Metadata};
+    pub use crate::metadata::{read_metadata, Metadata};
 }
 
 /// The `lapin` this crate is built on, for publishing in the same version.

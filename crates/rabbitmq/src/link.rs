@@ -33,7 +33,6 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// would take every delivery in flight with it and stop the consumer.
 #[derive(Clone)]
 pub(crate) struct Link {
-    pub(crate) generation: u64,
     pub(crate) connection: Arc<Connection>,
     pub(crate) channel: Channel,
     publisher: Arc<tokio::sync::Mutex<Channel>>,
@@ -73,7 +72,6 @@ impl Link {
     pub(crate) async fn open(
         config: &RabbitMqConfig,
         queue: &str,
-        generation: u64,
         shutdown: &CancellationToken,
     ) -> Result<(Link, Consumer), OpenError> {
         let properties =
@@ -123,7 +121,6 @@ impl Link {
         match rest {
             Ok((publisher, consumer)) => Ok((
                 Link {
-                    generation,
                     connection,
                     channel,
                     publisher: Arc::new(tokio::sync::Mutex::new(publisher)),

@@ -34,37 +34,27 @@
 //! lock has ended is reported lost and not sent (see `ServiceBusSource::settle`).
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::receiver::CreditMode;
-use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::definitions::{self, ErrorCondition, Fields, ReceiverSettleMode};
-use fe2o3_amqp::types::messaging::{Body, Modified};
-use fe2o3_amqp::types::primitives::{Symbol, Timestamp, Uuid, Value};
-use fe2o3_amqp::{Connection, Delivery, Receiver, Session};
-use fe2o3_amqp_cbs::client::CbsClient;
-use fe2o3_amqp_cbs::token::CbsToken as WireToken;
-use fe2o3_amqp_management::client::MgmtClient;
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::{Uuid, Value};
+use fe2o3_amqp::Delivery;
 use keyvault_invalidator_core::SourceError;
-use secrecy::ExposeSecret;
+use keyvault_invalidator_transport::Incoming;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::errors::{classified, classify, Refusal};
-use super::renew_lock::RenewLock;
-use super::target::{Access, CbsToken, Target};
+use super::amqp::Amqp;
+use super::errors::classify;
+use super::resolve::{Access, CbsToken, ResolvedConnection};
 
 /// The longest closing waits for each AMQP step (`detach`, `end`, `close`) to be answered.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Renew a `$cbs` token this long before it ends, as the SDKs do.
 const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
-
-/// The service's limit on `DeadLetterReason` and `DeadLetterErrorDescription`, in characters.
-pub(crate) const DEAD_LETTER_FIELD_LIMIT: usize = 4096;
 
 /// A message as the receiver decodes it.
 pub(crate) type AmqpDelivery = Delivery<Body<Value>>;
@@ -72,7 +62,7 @@ pub(crate) type AmqpDelivery = Delivery<Body<Value>>;
 /// How a delivery is settled on the wire, as the official SDKs settle
 /// (azure-sdk-for-net `AmqpReceiver.cs`, azure-sdk-for-python `_pyamqp_transport.py`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Disposition {
     /// Complete: Accepted.
     Accept,
     /// Abandon: Modified, delivery failed, not undeliverable here. The service counts it.
@@ -81,10 +71,11 @@ pub(crate) enum Outcome {
     DeadLetter { reason: String, description: String },
 }
 
+/// What the application's side asks of the link's thread.
 pub(crate) enum Command {
     Settle {
         delivery: DeliveryInfo,
-        outcome: Outcome,
+        disposition: Disposition,
         reply: oneshot::Sender<Result<(), SourceError>>,
     },
     RenewLock {
@@ -94,34 +85,58 @@ pub(crate) enum Command {
 }
 
 /// A fresh token for the link's thread to put on `$cbs`.
-struct Renewal {
-    token: CbsToken,
-    reply: oneshot::Sender<Result<(), SourceError>>,
+pub(super) struct Renewal {
+    pub(super) token: CbsToken,
+    pub(super) reply: oneshot::Sender<Result<(), SourceError>>,
 }
 
-/// A live link. Dropping it stops the link's thread, which closes the connection.
+/// A live link, for settlements and lock renewals. Dropping it stops the link's thread, which
+/// closes the connection.
 pub(crate) struct Link {
-    pub(crate) deliveries: mpsc::Receiver<Result<AmqpDelivery, SourceError>>,
     pub(crate) commands: mpsc::Sender<Command>,
     stop: CancellationToken,
-    /// Answered (or dropped) when the link's thread has closed the connection.
-    finished: oneshot::Receiver<()>,
+    /// Cancelled when the link's thread has closed the connection (or ended otherwise).
+    finished: CancellationToken,
+}
+
+/// What the link receives: the pump's deliveries, and the error that ended it.
+pub(crate) struct Deliveries(mpsc::Receiver<Result<AmqpDelivery, SourceError>>);
+
+impl Incoming for Deliveries {
+    type Item = AmqpDelivery;
+
+    async fn next(&mut self) -> Result<AmqpDelivery, SourceError> {
+        // `recv` is cancel safe.
+        self.0.recv().await.unwrap_or_else(|| Err(stopped()))
+    }
+
+    fn next_if_ready(&mut self) -> Option<Result<AmqpDelivery, SourceError>> {
+        match self.0.try_recv() {
+            Ok(received) => Some(received),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(stopped())),
+        }
+    }
+}
+
+fn stopped() -> SourceError {
+    SourceError::transient("the receiver stopped")
 }
 
 /// What the link's thread needs to connect: the names and addresses of one attempt.
-struct LinkPlan {
+pub(super) struct LinkSettings {
     /// The link name stem (unique per attempt): the container id and link names derive from it.
-    name: String,
-    amqp_url: url::Url,
-    audience: String,
+    pub(super) name: String,
+    pub(super) amqp_url: url::Url,
+    pub(super) audience: String,
     /// `{topic}/subscriptions/{subscription}`.
-    address: String,
-    prefetch: u32,
-    timeout: Duration,
+    pub(super) address: String,
+    pub(super) prefetch: u32,
+    pub(super) timeout: Duration,
 }
 
-impl LinkPlan {
-    fn receiver_name(&self) -> String {
+impl LinkSettings {
+    pub(super) fn receiver_name(&self) -> String {
         format!("{}-receiver", self.name)
     }
 }
@@ -130,42 +145,50 @@ impl Link {
     /// Opens the connection, session, `$cbs`, `$management` and receiver on the link's thread;
     /// each step waits at most `timeout`.
     pub(crate) async fn open(
-        target: &Target,
+        resolved: &ResolvedConnection,
         name: &str,
         subscription: &str,
         prefetch: u32,
         timeout: Duration,
-    ) -> Result<Link, SourceError> {
+    ) -> Result<(Link, Deliveries), SourceError> {
         install_crypto_provider();
-        let token = target.access.token(&target.audience).await?;
+        let token = resolved.access.token(&resolved.audience).await?;
         let expires_at = token.expires_at;
-        let plan = LinkPlan {
+        let settings = LinkSettings {
             name: name.to_owned(),
-            amqp_url: target.amqp_url.clone(),
-            audience: target.audience.clone(),
-            address: format!("{}/subscriptions/{subscription}", target.topic),
+            amqp_url: resolved.amqp_url.clone(),
+            audience: resolved.audience.clone(),
+            address: format!("{}/subscriptions/{subscription}", resolved.topic),
             prefetch: prefetch.max(1),
             timeout,
         };
         let stop = CancellationToken::new();
         // Connecting is abandoned if the caller stops waiting for it.
         let abandon = stop.clone().drop_guard();
-        let (deliveries_tx, deliveries) = mpsc::channel(plan.prefetch as usize);
+        let (deliveries_tx, deliveries) = mpsc::channel(settings.prefetch as usize);
         let (commands, commands_rx) = mpsc::channel(64);
         let (renewals, renewals_rx) = mpsc::channel(1);
         let (opened_tx, opened) = oneshot::channel();
-        let (finished_tx, finished) = oneshot::channel();
+        let finished = CancellationToken::new();
+        // Dropped when the thread's work ends, however it ends.
+        let finishing = finished.clone().drop_guard();
         let thread_stop = stop.clone();
         spawn_link_thread(async move {
             let connected = tokio::select! {
-                connected = Amqp::open(&plan, token) => connected,
+                connected = Amqp::open(&settings, token) => connected,
                 () = thread_stop.cancelled() => Err(SourceError::closed()),
             };
             match connected {
                 Ok(mut amqp) => {
                     if opened_tx.send(Ok(())).is_ok() {
-                        amqp.run(&plan, commands_rx, deliveries_tx, renewals_rx, thread_stop)
-                            .await;
+                        amqp.run(
+                            &settings,
+                            commands_rx,
+                            deliveries_tx,
+                            renewals_rx,
+                            thread_stop,
+                        )
+                        .await;
                     }
                     amqp.close().await;
                 }
@@ -173,7 +196,7 @@ impl Link {
                     let _ = opened_tx.send(Err(error));
                 }
             }
-            let _ = finished_tx.send(());
+            drop(finishing);
         })?;
         match opened.await {
             Ok(Ok(())) => {}
@@ -187,24 +210,24 @@ impl Link {
         abandon.disarm();
         tokio::spawn(renew(
             renewals,
-            target.access.clone(),
-            target.audience.clone(),
+            resolved.access.clone(),
+            resolved.audience.clone(),
             expires_at,
             stop.clone(),
         ));
-        Ok(Link {
-            deliveries,
+        let link = Link {
             commands,
             stop,
             finished,
-        })
+        };
+        Ok((link, Deliveries(deliveries)))
     }
 
     /// Stops the pump (which detaches the receiver) and closes the connection.
-    pub(crate) async fn close(mut self) {
+    pub(crate) async fn close(&self) {
         self.stop.cancel();
         // Each closing step is bounded on the link's thread; this bounds them all together.
-        let _ = tokio::time::timeout(6 * CLOSE_TIMEOUT, &mut self.finished).await;
+        let _ = tokio::time::timeout(6 * CLOSE_TIMEOUT, self.finished.cancelled()).await;
     }
 }
 
@@ -232,177 +255,13 @@ fn spawn_link_thread(link: impl Future<Output = ()> + Send + 'static) -> Result<
     Ok(())
 }
 
-/// The AMQP side of a link; it lives on the link's thread.
-struct Amqp {
-    connection: ConnectionHandle<()>,
-    session: SessionHandle<()>,
-    cbs: CbsClient,
-    management: MgmtClient,
-    receiver: Receiver,
-}
-
-impl Amqp {
-    async fn open(plan: &LinkPlan, token: CbsToken) -> Result<Amqp, SourceError> {
-        let timeout = plan.timeout;
-        let url = &plan.amqp_url;
-        let host = url.host_str().unwrap_or_default();
-        let stream = bounded(timeout, "connecting to Service Bus", connect_tcp(url)).await?;
-        let builder = Connection::builder()
-            .container_id(plan.name.clone())
-            .scheme(url.scheme())
-            .hostname(host)
-            .sasl_hostname(host)
-            .domain(url.domain())
-            .sasl_profile(SaslProfile::Anonymous)
-            // Service Bus starts TLS before AMQP (no AMQP TLS upgrade header).
-            .alt_tls_establishment(true)
-            .max_frame_size(65536)
-            .idle_time_out(60_000u32);
-        let mut connection = bounded(
-            timeout,
-            "opening the AMQP connection",
-            builder.open_with_stream(stream),
-        )
-        .await?;
-        let session = bounded(
-            timeout,
-            "beginning a session",
-            Session::begin(&mut connection),
-        )
-        .await;
-        let mut session = match session {
-            Ok(session) => session,
-            Err(error) => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
-                return Err(error);
-            }
-        };
-        let rest = Self::attach(plan, token, &mut session).await;
-        match rest {
-            Ok((cbs, management, receiver)) => Ok(Amqp {
-                connection,
-                session,
-                cbs,
-                management,
-                receiver,
-            }),
-            Err(error) => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
-                Err(error)
-            }
-        }
-    }
-
-    async fn attach(
-        plan: &LinkPlan,
-        token: CbsToken,
-        session: &mut SessionHandle<()>,
-    ) -> Result<(CbsClient, MgmtClient, Receiver), SourceError> {
-        let timeout = plan.timeout;
-        let mut cbs = bounded(
-            timeout,
-            "attaching to $cbs",
-            CbsClient::builder()
-                .client_node_addr(format!("{}-cbs", plan.name))
-                .attach(session),
-        )
-        .await?;
-        authorize(&mut cbs, &plan.audience, token, timeout).await?;
-        let management = bounded(
-            timeout,
-            "attaching to $management",
-            MgmtClient::builder()
-                .management_node_address(format!("{}/$management", plan.address))
-                .client_node_addr(format!("{}-management", plan.name))
-                .attach(session),
-        )
-        .await?;
-        let receiver = bounded(
-            timeout,
-            &format!("attaching a receiver to `{}`", plan.address),
-            Receiver::builder()
-                .name(plan.receiver_name())
-                .source(plan.address.clone())
-                .target(format!("{}-target", plan.name))
-                .receiver_settle_mode(ReceiverSettleMode::First)
-                .credit_mode(CreditMode::Auto(plan.prefetch))
-                .auto_accept(false)
-                .attach(session),
-        )
-        .await?;
-        Ok((cbs, management, receiver))
-    }
-
-    /// Receives, settles, renews locks and puts renewed tokens until `stop` or a failed
-    /// receive.
-    async fn run(
-        &mut self,
-        plan: &LinkPlan,
-        commands: mpsc::Receiver<Command>,
-        deliveries: mpsc::Sender<Result<AmqpDelivery, SourceError>>,
-        mut renewals: mpsc::Receiver<Renewal>,
-        stop: CancellationToken,
-    ) {
-        let Amqp {
-            cbs,
-            management,
-            receiver,
-            ..
-        } = self;
-        let (lock_requests, mut lock_requests_rx) =
-            mpsc::unbounded_channel::<(Uuid, oneshot::Sender<Result<SystemTime, SourceError>>)>();
-        // A token renewal runs beside the pump: a slow put-token must not hold up deliveries.
-        let renewing_tokens = async {
-            while let Some(Renewal { token, reply }) = renewals.recv().await {
-                let result = authorize(cbs, &plan.audience, token, plan.timeout).await;
-                let _ = reply.send(result);
-            }
-            std::future::pending::<()>().await;
-        };
-        // Lock renewals are request-response on `$management`, one at a time (the client
-        // matches answers to requests by order).
-        let receiver_name = plan.receiver_name();
-        let renewing_locks = async {
-            while let Some((lock_token, reply)) = lock_requests_rx.recv().await {
-                let _ = reply
-                    .send(renew_lock(management, lock_token, &receiver_name, plan.timeout).await);
-            }
-            std::future::pending::<()>().await;
-        };
-        tokio::select! {
-            () = pump(receiver, commands, deliveries, lock_requests, stop) => {}
-            () = renewing_tokens => {}
-            () = renewing_locks => {}
-        }
-    }
-
-    /// Detaches the receiver and the request-response links, ends the session and closes the
-    /// connection, each bounded: a peer that never answers must not hold the application's
-    /// shutdown.
-    async fn close(self) {
-        let Amqp {
-            mut connection,
-            mut session,
-            cbs,
-            management,
-            receiver,
-        } = self;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, receiver.close()).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, management.close()).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, cbs.close()).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
-    }
-}
-
 /// The TCP connection, with Nagle's algorithm off.
 ///
 /// Why not fe2o3's `open(url)`, which connects by itself: it leaves Nagle on, so a disposition
 /// followed by a credit `flow` (two small writes) holds the flow back until the disposition is
 /// acknowledged, and a peer that delays its ACKs (Linux does, by up to 40 ms) stalls every
 /// credit renewal: a backlog drained at about 100 messages a second in the benchmarks.
-async fn connect_tcp(url: &url::Url) -> std::io::Result<tokio::net::TcpStream> {
+pub(super) async fn connect_tcp(url: &url::Url) -> std::io::Result<tokio::net::TcpStream> {
     let host = url.host_str().unwrap_or_default();
     let port = url
         .port_or_known_default()
@@ -432,7 +291,7 @@ fn install_crypto_provider() {
 /// lost on the way (the race this module's thread avoids is one such). Unbounded, the source
 /// would never connect and no invalidation would arrive; bounded, the step fails as transient
 /// and the source reconnects on a fresh connection.
-async fn bounded<T, E>(
+pub(super) async fn bounded<T, E>(
     timeout: Duration,
     step: &str,
     future: impl Future<Output = Result<T, E>>,
@@ -446,46 +305,6 @@ where
             "{step}: Service Bus did not answer within {timeout:?}"
         ))),
     }
-}
-
-async fn authorize(
-    cbs: &mut CbsClient,
-    audience: &str,
-    token: CbsToken,
-    timeout: Duration,
-) -> Result<(), SourceError> {
-    let expires_at = token
-        .expires_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let wire = WireToken::new(
-        token.token.expose_secret(),
-        token.token_type,
-        Timestamp::from_milliseconds(expires_at),
-    );
-    bounded(
-        timeout,
-        "authorising on $cbs",
-        cbs.put_token(audience.to_owned(), wire),
-    )
-    .await
-}
-
-async fn renew_lock(
-    management: &mut MgmtClient,
-    lock_token: Uuid,
-    receiver_name: &str,
-    timeout: Duration,
-) -> Result<SystemTime, SourceError> {
-    let request = RenewLock {
-        lock_token,
-        associated_link: receiver_name.to_owned(),
-        server_timeout: timeout,
-    };
-    let renewed = bounded(timeout, "renewing a lock", management.call(request)).await?;
-    renewed
-        .locked_until
-        .ok_or_else(|| SourceError::transient("renewing a lock: the answer named no new expiry"))
 }
 
 /// Fetches a fresh token before the current one ends and has the link's thread put it, for
@@ -533,154 +352,5 @@ async fn renew(
                 return;
             }
         }
-    }
-}
-
-type LockRequests = mpsc::UnboundedSender<(Uuid, oneshot::Sender<Result<SystemTime, SourceError>>)>;
-
-async fn pump(
-    receiver: &mut Receiver,
-    mut commands: mpsc::Receiver<Command>,
-    deliveries: mpsc::Sender<Result<AmqpDelivery, SourceError>>,
-    lock_requests: LockRequests,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            Some(command) = commands.recv() => handle(receiver, command, &lock_requests).await,
-            permit = deliveries.reserve() => {
-                let Ok(permit) = permit else { break };
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => break,
-                    Some(command) = commands.recv() => handle(receiver, command, &lock_requests).await,
-                    received = receiver.recv::<Body<Value>>() => {
-                        let received = received.map_err(|e| classify(e, "receiving"));
-                        let failed = received.is_err();
-                        permit.send(received);
-                        if failed {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    // Settlements that arrive now cannot be made: the receivers of their replies see a closed
-    // channel and report the lock as lost. The receiver is detached when the link closes.
-    drop(commands);
-}
-
-async fn handle(receiver: &Receiver, command: Command, lock_requests: &LockRequests) {
-    match command {
-        Command::Settle {
-            delivery,
-            outcome,
-            reply,
-        } => {
-            let _ = reply.send(settle(receiver, delivery, outcome).await);
-        }
-        Command::RenewLock { lock_token, reply } => {
-            if let Err(mpsc::error::SendError((_, reply))) = lock_requests.send((lock_token, reply))
-            {
-                let _ = reply.send(Err(SourceError::transient("the link is closing")));
-            }
-        }
-    }
-}
-
-async fn settle(
-    receiver: &Receiver,
-    delivery: DeliveryInfo,
-    outcome: Outcome,
-) -> Result<(), SourceError> {
-    let result = match outcome {
-        Outcome::Accept => receiver.accept(delivery).await,
-        Outcome::Abandon => {
-            receiver
-                .modify(
-                    delivery,
-                    Modified {
-                        delivery_failed: Some(true),
-                        undeliverable_here: Some(false),
-                        message_annotations: None,
-                    },
-                )
-                .await
-        }
-        Outcome::DeadLetter {
-            reason,
-            description,
-        } => {
-            receiver
-                .reject(delivery, dead_letter_error(&reason, &description))
-                .await
-        }
-    };
-    result.map_err(|e| {
-        classified(
-            Refusal::LockLost,
-            Box::new(e),
-            "settling: the link can no longer settle",
-        )
-    })
-}
-
-/// The error a dead-letter carries: condition `com.microsoft:dead-letter`, info
-/// `DeadLetterReason` and `DeadLetterErrorDescription` (each cut to the service's 4096
-/// characters), as the official SDKs send it.
-pub(crate) fn dead_letter_error(reason: &str, description: &str) -> definitions::Error {
-    let reason = truncate(reason, DEAD_LETTER_FIELD_LIMIT);
-    let description = truncate(description, DEAD_LETTER_FIELD_LIMIT);
-    let mut info = Fields::new();
-    info.insert(
-        Symbol::from("DeadLetterReason"),
-        Value::String(reason.to_owned()),
-    );
-    info.insert(
-        Symbol::from("DeadLetterErrorDescription"),
-        Value::String(description.to_owned()),
-    );
-    definitions::Error::new(
-        ErrorCondition::Custom(Symbol::from("com.microsoft:dead-letter")),
-        Some(description.to_owned()),
-        Some(info),
-    )
-}
-
-/// The first `limit` characters of `text`.
-fn truncate(text: &str, limit: usize) -> &str {
-    match text.char_indices().nth(limit) {
-        Some((end, _)) => &text[..end],
-        None => text,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_dead_letter_names_its_reason_and_description_cut_to_the_service_limit() {
-        let long = "é".repeat(5000);
-        let error = dead_letter_error("MalformedPayload", &long);
-        assert_eq!(
-            error.condition,
-            ErrorCondition::Custom(Symbol::from("com.microsoft:dead-letter"))
-        );
-        let info = error.info.expect("info");
-        assert_eq!(
-            info.get(&Symbol::from("DeadLetterReason")),
-            Some(&Value::String("MalformedPayload".to_owned()))
-        );
-        match info.get(&Symbol::from("DeadLetterErrorDescription")) {
-            Some(Value::String(description)) => {
-                assert_eq!(description.chars().count(), DEAD_LETTER_FIELD_LIMIT)
-            }
-            other => panic!("description: {other:?}"),
-        }
-        assert_eq!(truncate("short", 4096), "short");
     }
 }

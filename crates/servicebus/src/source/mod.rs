@@ -1,60 +1,17 @@
 //! The [`EventSource`] over a Service Bus topic subscription.
 
+mod amqp;
 mod errors;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod link;
 mod message;
 mod renew_lock;
-mod target;
-
-/// The message reading, for the fuzz targets in `fuzz/` only: not part of the API.
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing {
-    use std::collections::BTreeMap;
-    use std::time::SystemTime;
-
-    pub use fe2o3_amqp::types::messaging::{Body, Message};
-    pub use fe2o3_amqp::types::primitives::Value;
-
-    /// What the source reads from a message on arrival.
-    #[derive(Debug, PartialEq)]
-    pub struct Metadata {
-        /// The body bytes handed to the parser.
-        pub body: Vec<u8>,
-        /// `header.delivery-count`.
-        pub prior_deliveries: u32,
-        /// The count the delivery carries: prior deliveries plus this one.
-        pub delivery_count: u32,
-        /// `x-opt-lock-token`, hyphenated.
-        pub lock_token: Option<String>,
-        /// `x-opt-locked-until`.
-        pub locked_until: Option<SystemTime>,
-        /// The message id as text.
-        pub message_id: Option<String>,
-        /// Application properties as text, and the lock token.
-        pub properties: BTreeMap<String, String>,
-    }
-
-    /// Reads a message as the source does.
-    pub fn read_message(message: &Message<Body<Value>>) -> Metadata {
-        let received = super::message::read(message);
-        Metadata {
-            delivery_count: received.delivery_count(),
-            lock_token: received
-                .lock_token
-                .as_ref()
-                .map(super::message::format_uuid),
-            body: received.body,
-            prior_deliveries: received.prior_deliveries,
-            locked_until: received.locked_until,
-            message_id: received.message_id,
-            properties: received.properties,
-        }
-    }
-}
+mod resolve;
+mod subscription;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -62,23 +19,15 @@ use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::types::primitives::Uuid;
 use keyvault_invalidator_core::lock::{HeldLock, LockRenewer};
 use keyvault_invalidator_core::{
-    Backoff, Bytes, ConnectSlot, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
-    SourceErrorKind,
+    Backoff, Bytes, Delivery, DeliveryToken, EventSource, Settlement, SourceError, SourceErrorKind,
 };
+use keyvault_invalidator_transport::{Generation, Lifecycle};
 use tokio::sync::oneshot;
 
-use crate::config::{Authorization, ServiceBusConfig, SubscriptionMode};
-use crate::management_client::{is_management_error, Creation, SubscriptionUpkeep};
-use crate::names::generate_subscription_name;
-use errors::is_unauthorized;
-use link::{AmqpDelivery, Command, Link, Outcome};
+use crate::config::ServiceBusConfig;
+use link::{AmqpDelivery, Command, Disposition};
+use subscription::{lock, SubscriptionConnector};
 
-/// After this many unauthorized answers in a row the source warns that the connection string
-/// (re-read from the store at every attempt) is still refused: it may have been rotated in
-/// the namespace but not yet in the store.
-const REREAD_AFTER_UNAUTHORIZED: u32 = 3;
-/// After this many, the identity is taken to be refused for good and the job stops.
-const FATAL_AFTER_UNAUTHORIZED: u32 = 8;
 /// How long a settlement may take before the lock is taken as lost.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -118,33 +67,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 ///   service redelivers them. A missing topic or subscription is fatal.
 #[derive(Clone)]
 pub struct ServiceBusSource {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    config: ServiceBusConfig,
-    subscription: String,
-    created: AtomicBool,
-    link: tokio::sync::Mutex<ConnectSlot<Link>>,
-    /// The command channel of the live link, for settlements.
-    commands: Mutex<Option<(u64, tokio::sync::mpsc::Sender<Command>)>>,
-    generation: AtomicU64,
-    closed: AtomicBool,
-    failures: AtomicU32,
-    unauthorized: AtomicU32,
-    backoff: Backoff,
-    management: Mutex<Option<(crate::ManagementClient, String)>>,
-    /// Whether the next attempt must `PUT` the subscription (automatic mode), and the grace
-    /// for refusals. When the receiver's attach finds no such entity in automatic mode,
-    /// `inner.upkeep.subscription_may_be_gone()` makes the next attempt create it again.
-    upkeep: SubscriptionUpkeep,
-    /// No attempt before this: the service's `Retry-After` on the last failure.
-    not_before: Mutex<Option<tokio::time::Instant>>,
+    lifecycle: Lifecycle<SubscriptionConnector>,
 }
 
 /// What settles one delivery.
 struct Token {
-    generation: u64,
+    generation: Generation,
     delivery: DeliveryInfo,
     /// The lock, renewed while the delivery is in flight; `None` when the message did not
     /// name its lock token and its end.
@@ -198,169 +126,35 @@ fn parse_lock_token(text: &str) -> Option<Uuid> {
     Some(Uuid::from(bytes))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl ServiceBusSource {
     /// A source for this configuration. Nothing connects until the first `receive` (or
     /// [`connect`](Self::connect)).
     pub fn new(config: ServiceBusConfig) -> Self {
-        let subscription = match config.subscription() {
-            SubscriptionMode::Automatic { prefix, .. } => generate_subscription_name(prefix),
-            SubscriptionMode::Existing { name } => name.clone(),
-        };
-        let config_grace = config.unauthorized_grace_value();
+        let connector = SubscriptionConnector::new(config);
         ServiceBusSource {
-            inner: Arc::new(Inner {
-                config,
-                subscription,
-                created: AtomicBool::new(false),
-                link: tokio::sync::Mutex::new(ConnectSlot::new()),
-                commands: Mutex::new(None),
-                generation: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
-                failures: AtomicU32::new(0),
-                unauthorized: AtomicU32::new(0),
-                backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
-                management: Mutex::new(None),
-                upkeep: SubscriptionUpkeep::new(config_grace),
-                not_before: Mutex::new(None),
-            }),
+            lifecycle: Lifecycle::builder(connector)
+                .backoff(Backoff::new(
+                    Duration::from_millis(200),
+                    Duration::from_secs(30),
+                ))
+                .build(),
         }
     }
 
     /// The subscription this source receives from (generated in automatic mode).
     pub fn subscription_name(&self) -> &str {
-        &self.inner.subscription
+        &self.lifecycle.connector().name
     }
 
     /// Connects now: creates the subscription (automatic mode), authorises and attaches, so a
     /// configuration the service refuses fails here.
     pub async fn connect(&self) -> Result<(), SourceError> {
-        let mut slot = self.inner.link.lock().await;
-        self.ensure_link(&mut slot).await.map(|_| ())
-    }
-
-    async fn ensure_link<'a>(
-        &self,
-        slot: &'a mut ConnectSlot<Link>,
-    ) -> Result<&'a mut Link, SourceError> {
-        let this = self.clone();
-        slot.get_or_open(|| async move { this.open().await })
-            .await
-            .map_err(|error| self.vanished(error))?;
-        if self.inner.closed.load(Ordering::SeqCst) {
-            // Closed while connecting: release what the attempt opened.
-            if let Some(link) = slot.take() {
-                link.close().await;
-            }
-            return Err(SourceError::closed());
-        }
-        Ok(slot.current().expect("opened above"))
-    }
-
-    async fn open(&self) -> Result<Link, SourceError> {
-        let failures = self.inner.failures.load(Ordering::SeqCst);
-        let mut delay = if failures > 0 {
-            self.inner.backoff.delay(failures)
-        } else {
-            Duration::ZERO
-        };
-        if let Some(not_before) = lock(&self.inner.not_before).take() {
-            // At least as long as the service asked.
-            delay = delay.max(not_before.saturating_duration_since(tokio::time::Instant::now()));
-        }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        match self.try_open().await {
-            Ok(link) => {
-                if failures > 0 {
-                    tracing::info!(subscription = %self.inner.subscription, "reconnected to Service Bus");
-                }
-                self.inner.failures.store(0, Ordering::SeqCst);
-                self.inner.unauthorized.store(0, Ordering::SeqCst);
-                Ok(link)
-            }
-            Err(error) => {
-                self.inner.failures.fetch_add(1, Ordering::SeqCst);
-                if let Some(after) = error.retry_after {
-                    *lock(&self.inner.not_before) = Some(tokio::time::Instant::now() + after);
-                }
-                Err(self.count_unauthorized(error))
-            }
-        }
-    }
-
-    async fn try_open(&self) -> Result<Link, SourceError> {
-        let inner = &self.inner;
-        let target = target::resolve(&inner.config, &inner.subscription).await?;
-        if let SubscriptionMode::Automatic { properties, .. } = inner.config.subscription() {
-            if inner.upkeep.needs_put() {
-                let creation = inner
-                    .upkeep
-                    .put(
-                        &target.management,
-                        &target.topic,
-                        &inner.subscription,
-                        properties,
-                    )
-                    .await?;
-                // The generated name ends in a random suffix: a 409 is this instance's own
-                // subscription (an earlier PUT whose answer was lost), so it is deleted at
-                // close all the same.
-                let again = inner.created.swap(true, Ordering::SeqCst);
-                tracing::info!(
-                    topic = %target.topic,
-                    subscription = %inner.subscription,
-                    existed = creation == Creation::AlreadyExisted,
-                    again,
-                    "created the subscription"
-                );
-            }
-        }
-        *lock(&inner.management) = Some((target.management.clone(), target.topic.clone()));
-        let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let name = format!("keyvault-invalidator-{}-{generation}", inner.subscription);
-        let link = Link::open(
-            &target,
-            &name,
-            &inner.subscription,
-            inner.config.prefetch_count(),
-            inner.config.operation_timeout_value(),
-        )
-        .await?;
-        *lock(&inner.commands) = Some((generation, link.commands.clone()));
-        Ok(link)
-    }
-
-    /// Counts refusals; decides when they become fatal.
-    fn count_unauthorized(&self, error: SourceError) -> SourceError {
-        // Management refusals have their own grace period (see `SubscriptionUpkeep`).
-        if is_management_error(&error) || !is_unauthorized(&error) {
-            return error;
-        }
-        let count = self.inner.unauthorized.fetch_add(1, Ordering::SeqCst) + 1;
-        let rereads = matches!(
-            self.inner.config.authorization(),
-            Authorization::ConnectionStringFromStore { .. }
-        );
-        if rereads && count == REREAD_AFTER_UNAUTHORIZED {
-            tracing::warn!(count, "Service Bus keeps refusing the connection string read from the secret store; was it rotated in the namespace but not in the store?");
-        }
-        if count >= FATAL_AFTER_UNAUTHORIZED {
-            return SourceError::fatal(format!(
-                "Service Bus refused the credentials {count} times in a row: {}",
-                error.message
-            ));
-        }
-        error
+        self.lifecycle.connect().await
     }
 
     fn delivery(
         &self,
-        generation: u64,
+        generation: Generation,
         delivery: AmqpDelivery,
         renewer: &Arc<LinkLocks>,
     ) -> Delivery {
@@ -371,7 +165,7 @@ impl ServiceBusSource {
                 renewer.clone(),
                 message::format_uuid(token),
                 until,
-                self.inner.config.lock_renewal(),
+                self.lifecycle.connector().config.lock_renewal(),
             )),
             _ => None,
         };
@@ -390,72 +184,21 @@ impl ServiceBusSource {
             None => delivery,
         }
     }
-
-    /// In automatic mode the subscription is this instance's own: when the service says it
-    /// does not exist (`AutoDeleteOnIdle` removed it during an outage), the next attempt
-    /// creates it again, and the error is transient. Otherwise `error` as it is.
-    fn vanished(&self, error: SourceError) -> SourceError {
-        let automatic = matches!(
-            self.inner.config.subscription(),
-            SubscriptionMode::Automatic { .. }
-        );
-        if !automatic || errors::refusal(&error) != errors::Refusal::NotFound {
-            return error;
-        }
-        tracing::warn!(subscription = %self.inner.subscription, "the subscription is gone (removed while idle?); creating it again");
-        self.inner.upkeep.subscription_may_be_gone();
-        let mut error = error;
-        error.kind = SourceErrorKind::Transient;
-        error
-    }
-
-    fn lost(&self, slot: &mut ConnectSlot<Link>, error: SourceError) -> SourceError {
-        slot.take();
-        *lock(&self.inner.commands) = None;
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return SourceError::closed();
-        }
-        self.inner.failures.fetch_add(1, Ordering::SeqCst);
-        tracing::warn!(subscription = %self.inner.subscription, %error, "lost the Service Bus link; reconnecting");
-        self.count_unauthorized(error)
-    }
 }
 
 #[async_trait]
 impl EventSource for ServiceBusSource {
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, SourceError> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(SourceError::closed());
-        }
-        let mut slot = self.inner.link.lock().await;
-        let link = self.ensure_link(&mut slot).await?;
-        let generation = self.inner.generation.load(Ordering::SeqCst);
+        let batch = self.lifecycle.receive(max).await?;
         let renewer = Arc::new(LinkLocks {
-            commands: link.commands.clone(),
+            commands: batch.connection.commands.clone(),
         });
-        let first = match link.deliveries.recv().await {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => {
-                let error = self.vanished(error);
-                return Err(self.lost(&mut slot, error));
-            }
-            None => {
-                return Err(self.lost(&mut slot, SourceError::transient("the receiver stopped")))
-            }
-        };
-        let mut batch = vec![self.delivery(generation, first, &renewer)];
-        while batch.len() < max.max(1) {
-            match link.deliveries.try_recv() {
-                Ok(Ok(delivery)) => batch.push(self.delivery(generation, delivery, &renewer)),
-                Ok(Err(_)) => {
-                    // Hand over what arrived; the next receive reconnects.
-                    slot.take();
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        Ok(batch)
+        let generation = batch.generation;
+        Ok(batch
+            .items
+            .into_iter()
+            .map(|delivery| self.delivery(generation, delivery, &renewer))
+            .collect())
     }
 
     async fn settle(
@@ -464,43 +207,35 @@ impl EventSource for ServiceBusSource {
         settlement: Settlement,
     ) -> Result<(), SourceError> {
         let token = token.into_handle::<Token>()?;
-        let commands = lock(&self.inner.commands).clone();
-        let commands = match commands {
-            Some((generation, commands)) if generation == token.generation => commands,
-            _ => {
-                return Err(SourceError::settlement_lost(
-                    "the delivery came on a link that is gone; its lock expires and Service Bus redelivers it",
-                ))
-            }
-        };
+        let link = self.lifecycle.connection_of(token.generation)?;
         if !token.lock_holds() {
             return Err(SourceError::settlement_lost(
                 "the lock ended before the settlement; Service Bus redelivers the message",
             ));
         }
-        let outcome = match settlement {
-            Settlement::Complete => Outcome::Accept,
+        let disposition = match settlement {
+            Settlement::Complete => Disposition::Accept,
             Settlement::DeadLetter {
                 reason,
                 description,
                 ..
-            } => Outcome::DeadLetter {
+            } => Disposition::DeadLetter {
                 reason,
                 description,
             },
             // Abandon, and any settlement added later that this source does not know: the
             // message comes back, which never loses it.
-            _ => Outcome::Abandon,
+            _ => Disposition::Abandon,
         };
         let (reply, answer) = oneshot::channel();
         let command = Command::Settle {
             delivery: token.delivery,
-            outcome,
+            disposition,
             reply,
         };
         let lost =
             || SourceError::settlement_lost("the link closed before the settlement was made");
-        commands.send(command).await.map_err(|_| lost())?;
+        link.commands.send(command).await.map_err(|_| lost())?;
         // The lock is kept until the disposition is on its way.
         let settled = match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
             Ok(Ok(result)) => result,
@@ -511,24 +246,17 @@ impl EventSource for ServiceBusSource {
     }
 
     async fn close(&self) -> Result<(), SourceError> {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        let link = {
-            let mut slot = self.inner.link.lock().await;
-            slot.take()
-        };
-        if let Some(link) = link {
-            link.close().await;
-        }
-        *lock(&self.inner.commands) = None;
-        if self.inner.created.swap(false, Ordering::SeqCst) {
-            let management = lock(&self.inner.management).clone();
+        self.lifecycle.close().await?;
+        let subscription = self.lifecycle.connector();
+        if subscription
+            .created
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let management = lock(&subscription.management).clone();
             if let Some((client, topic)) = management {
-                match client
-                    .delete_subscription(&topic, &self.inner.subscription)
-                    .await
-                {
+                match client.delete_subscription(&topic, &subscription.name).await {
                     Ok(_) => {
-                        tracing::info!(subscription = %self.inner.subscription, "deleted the subscription")
+                        tracing::info!(subscription = %subscription.name, "deleted the subscription")
                     }
                     Err(error) => {
                         tracing::warn!(%error, "could not delete the subscription; AutoDeleteOnIdle will");
@@ -543,9 +271,10 @@ impl EventSource for ServiceBusSource {
 
 impl fmt::Debug for ServiceBusSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let subscription = self.lifecycle.connector();
         f.debug_struct("ServiceBusSource")
-            .field("config", &self.inner.config)
-            .field("subscription", &self.inner.subscription)
+            .field("config", &subscription.config)
+            .field("subscription", &subscription.name)
             .finish_non_exhaustive()
     }
 }

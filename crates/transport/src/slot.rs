@@ -2,17 +2,22 @@
 
 use std::future::Future;
 
-use crate::source::SourceError;
+use keyvault_invalidator_core::SourceError;
 
 /// Holds a transport's live connection, and the attempt under way to open one.
 ///
-/// The attempt runs in its own task. [`EventSource::receive`](crate::EventSource::receive)
-/// must be cancel safe, and the job drops it at shutdown: connecting inside it would either
-/// leave a half-open connection (holding prefetched messages) or start over at every call.
-/// Here a dropped caller leaves the attempt running, and the next caller awaits the same one.
+/// The attempt runs in its own task. [`EventSource::receive`] must be cancel safe, and the job
+/// drops it at shutdown: connecting inside it would either leave a half-open connection (holding
+/// prefetched messages) or start over at every call. Here a dropped caller leaves the attempt
+/// running, and the next caller awaits the same one.
+///
+/// [`Lifecycle`](crate::Lifecycle) is built on it; use it alone for a transport whose
+/// connection needs none of the rest.
+///
+/// [`EventSource::receive`]: keyvault_invalidator_core::EventSource::receive
 ///
 /// ```
-/// use keyvault_invalidator_core::ConnectSlot;
+/// use keyvault_invalidator_transport::ConnectSlot;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), keyvault_invalidator_core::SourceError> {
 /// let mut slot = ConnectSlot::new();
@@ -43,22 +48,24 @@ impl<T: Send + 'static> ConnectSlot<T> {
     }
 
     /// The live connection, or a new one from `open`, run in its own task (or the attempt an
-    /// earlier, dropped caller started).
+    /// earlier, dropped caller started). A task that panicked is a transient error.
     pub async fn get_or_open<F, Fut>(&mut self, open: F) -> Result<&mut T, SourceError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, SourceError>> + Send + 'static,
     {
-        if self.current.is_none() {
-            let opening = self.opening.get_or_insert_with(|| tokio::spawn(open()));
-            let opened = opening.await;
-            self.opening = None;
-            let connection = opened.map_err(|e| {
-                SourceError::transient(format!("the connection task failed: {e}"))
-            })??;
-            self.current = Some(connection);
-        }
-        Ok(self.current.as_mut().expect("set above"))
+        let connection = match self.current.take() {
+            Some(connection) => connection,
+            None => {
+                let opening = self.opening.get_or_insert_with(|| tokio::spawn(open()));
+                let opened = opening.await;
+                self.opening = None;
+                opened.map_err(|e| {
+                    SourceError::transient(format!("the connection task failed: {e}"))
+                })??
+            }
+        };
+        Ok(self.current.insert(connection))
     }
 
     /// The live connection, if any.

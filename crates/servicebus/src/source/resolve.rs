@@ -18,8 +18,8 @@ use crate::sas::sas_token;
 /// explicit management endpoint.
 const EMULATOR_MANAGEMENT_PORT: u16 = 5300;
 
-/// A resolved connection target.
-pub(crate) struct Target {
+/// Where one connection attempt goes and how it authorises: the configuration resolved.
+pub(crate) struct ResolvedConnection {
     pub(crate) amqp_url: url::Url,
     /// `{scheme}://{host}[:{port}]/{topic}/subscriptions/{subscription}`: the `$cbs` audience.
     pub(crate) audience: String,
@@ -99,7 +99,7 @@ fn signature_expiry(signature: &str) -> Option<SystemTime> {
 pub(crate) async fn resolve(
     config: &ServiceBusConfig,
     subscription: &str,
-) -> Result<Target, SourceError> {
+) -> Result<ResolvedConnection, SourceError> {
     let (endpoint, access, topic) = match config.authorization() {
         Authorization::Credential(credential) => {
             let namespace = config
@@ -181,7 +181,7 @@ pub(crate) async fn resolve(
         Access::Credential(credential) => ManagementAuth::Credential(credential.clone()),
     };
     let base = endpoint.base();
-    Ok(Target {
+    Ok(ResolvedConnection {
         amqp_url: url::Url::parse(&endpoint.amqp_url())
             .map_err(|_| SourceError::fatal("the namespace does not form a valid AMQP URL"))?,
         audience: format!("{base}/{topic}/subscriptions/{subscription}"),
@@ -275,16 +275,19 @@ mod tests {
     #[tokio::test]
     async fn a_remote_emulator_string_from_the_store_is_used_with_the_opt_in() {
         let config = from_store(REMOTE_EMULATOR).allow_insecure_endpoint();
-        let Ok(target) = resolve(&config, "app-1").await else {
+        let Ok(resolved) = resolve(&config, "app-1").await else {
             panic!("the opt-in accepts it");
         };
-        assert_eq!(target.amqp_url.as_str(), "amqp://servicebus-emulator:5672");
-        assert_eq!(target.topic, "t");
+        assert_eq!(
+            resolved.amqp_url.as_str(),
+            "amqp://servicebus-emulator:5672"
+        );
+        assert_eq!(resolved.topic, "t");
 
         let local = REMOTE_EMULATOR.replace("servicebus-emulator", "127.0.0.1");
-        let Ok(target) = resolve(&from_store(&local), "app-1").await else {
+        let Ok(resolved) = resolve(&from_store(&local), "app-1").await else {
             panic!("a loopback emulator needs no opt-in");
         };
-        assert_eq!(target.amqp_url.as_str(), "amqp://127.0.0.1:5672");
+        assert_eq!(resolved.amqp_url.as_str(), "amqp://127.0.0.1:5672");
     }
 }
