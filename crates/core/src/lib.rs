@@ -20,6 +20,7 @@
 //!   once (`InvalidationRejected`).
 //! - A delivery is settled only after the invalidator returned: at least once, never lost.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
 mod connect;

@@ -33,6 +33,7 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod env;
 mod error;
@@ -44,6 +45,7 @@ mod store;
 pub use env::{EnvProvider, EnvProviderBuilder};
 pub use error::{ConfigError, ProviderFailure, StoreFailures};
 #[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
 pub use keyvault::{credential, KeyVaultProvider, KeyVaultProviderBuilder, DEFAULT_TIMEOUT};
 pub use static_provider::{StaticProvider, StaticProviderBuilder};
 pub use store::{read_connection_string, SecretStore, SecretStoreBuilder};
@@ -51,4 +53,5 @@ pub use store::{read_connection_string, SecretStore, SecretStoreBuilder};
 /// The Azure SDK crates this one builds on, so applications name the same versions
 /// (`azure_core::credentials::TokenCredential`, `azure_core::http::RetryOptions`).
 #[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
 pub use {azure_core, azure_identity};

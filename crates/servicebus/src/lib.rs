@@ -12,6 +12,7 @@
 //! [`ServiceBusSource`] receives over AMQP 1.0 on `fe2o3-amqp`, settling as the official SDKs do
 //! and renewing the locks of deliveries in flight.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod connection_string;
