@@ -75,7 +75,7 @@ pub use keyvault_invalidator_testkit as testkit;
 /// What most applications need, in one import.
 pub mod prelude {
     #[cfg(feature = "moka")]
-#[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
     pub use keyvault_invalidator_moka::{CachedSecretProvider, RefreshMode};
 
     pub use keyvault_invalidator_core::secrecy::ExposeSecret;
