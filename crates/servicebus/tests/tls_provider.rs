@@ -29,14 +29,13 @@ async fn an_amqps_connection_starts_tls_without_a_process_wide_provider() {
         stream.read_exact(&mut header).await.unwrap();
         header
     });
-    let config =
-        ServiceBusConfig::connection_string(&emulator.connection_string(Some("tls")), "app")
-            .unwrap()
-            .management_endpoint(emulator.management_endpoint())
-            .unwrap()
-            // A name, not an address: TLS needs a server name to send.
-            .amqp_endpoint(&format!("amqps://localhost:{port}"))
-            .unwrap();
+    let config = ServiceBusConfig::connection_string(&emulator.connection_string(Some("tls")))
+        .unwrap()
+        .management_endpoint(emulator.management_endpoint())
+        .unwrap()
+        // A name, not an address: TLS needs a server name to send.
+        .amqp_endpoint(&format!("amqps://localhost:{port}"))
+        .unwrap();
     let source = ServiceBusSource::new(config);
 
     let error = tokio::time::timeout(EVENTUALLY_TIMEOUT, source.connect())

@@ -37,7 +37,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyvault_invalidator_core::{Delivery, EventSource, Settlement, SourceErrorKind};
+use keyvault_invalidator_core::{
+    DeadLetterReason, Delivery, EventSource, Settlement, SourceErrorKind,
+};
 
 /// How long a check waits for a delivery that should come.
 pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -297,10 +299,10 @@ pub async fn dead_letter_records_the_reason<T: ConformanceTarget>(target: &T) {
     let source = target.new_source().await;
     target.publish(&source, "dead-1", &body(3)).await;
     let delivery = receive_some(&source, 10, what).await.remove(0);
-    let settlement = Settlement::DeadLetter {
-        reason: "MalformedPayload".to_owned(),
-        description: "event 0: the payload is not valid JSON".to_owned(),
-    };
+    let settlement = Settlement::dead_letter(
+        DeadLetterReason::MalformedPayload,
+        "event 0: the payload is not valid JSON",
+    );
     settle(&source, delivery, settlement, what).await;
     assert_quiet(&source, what).await;
     let letters = target.dead_letters(&source).await;
