@@ -32,6 +32,12 @@
 //! assert_eq!(store.get_secret("missing").await.unwrap_err().kind, ProviderErrorKind::NotFound);
 //! # }
 //! ```
+//!
+//! Threads: none of its own. With the `azure` feature, the Azure SDK's workload identity
+//! credential reads its token file on a short-lived thread (at most every ten minutes), the
+//! developer credentials run the Azure CLI from one, and `reqwest` resolves names on tokio's
+//! blocking pool. No process-wide rustls provider is installed: `reqwest` uses the installed
+//! one, or its own without installing it.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
