@@ -42,11 +42,13 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use keyvault_invalidator_core::*;
 
 /// The moka-backed cache.
 #[cfg(feature = "moka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
 pub use keyvault_invalidator_moka::{
     CacheOptions, CacheStats, CachedSecretProvider, CachedSecretProviderBuilder, RefreshMode,
     SecretInfo,
@@ -54,21 +56,26 @@ pub use keyvault_invalidator_moka::{
 
 /// Secret providers (feature `secrets`; Azure Key Vault with feature `azure`).
 #[cfg(feature = "secrets")]
+#[cfg_attr(docsrs, doc(cfg(feature = "secrets")))]
 pub use keyvault_invalidator_secrets as secrets;
 
 #[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq;
 
 #[cfg(feature = "servicebus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "servicebus")))]
 pub mod servicebus;
 
 /// Test doubles and the conformance suite (feature `testkit`).
 #[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub use keyvault_invalidator_testkit as testkit;
 
 /// What most applications need, in one import.
 pub mod prelude {
     #[cfg(feature = "moka")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
     pub use keyvault_invalidator_moka::{CachedSecretProvider, RefreshMode};
 
     pub use keyvault_invalidator_core::secrecy::ExposeSecret;

@@ -1,4 +1,6 @@
-//! The micro benchmarks: parsing Key Vault events, and the cache hit path beside its baselines.
+//! The micro benchmarks: parsing Key Vault events, the cache hit path beside its baselines, and
+//! what the job's metrics and tracing cost per delivery when the application installed neither
+//! a recorder nor a subscriber.
 //!
 //! Run through `bench/run`, which also runs the peer in `bench/peer` and writes the report; or
 //! alone with `cargo bench -p keyvault-invalidator-bench --bench micro`.
@@ -95,9 +97,62 @@ fn hit_path(c: &mut Criterion) {
     });
 }
 
+/// What the job does per delivery for `metrics` and `tracing` (`crates/core/src/job/stats.rs`
+/// and `job/delivery.rs`), written out the same way, in a process with no recorder and no
+/// subscriber: the handles are made once per job, as the job makes them; each delivery then
+/// updates them and opens its span.
+fn observability(c: &mut Criterion) {
+    let mut group = c.benchmark_group("observability_per_delivery");
+    group.throughput(Throughput::Elements(1));
+    let job = String::from("keyvault-invalidator");
+    group.bench_function("metric_handles_per_job", |b| {
+        b.iter(|| {
+            let received = metrics::counter!("kvi_received", "job" => job.clone());
+            let completed = metrics::counter!("kvi_completed", "job" => job.clone());
+            let processing = metrics::histogram!("kvi_processing", "job" => job.clone());
+            black_box((received, completed, processing))
+        })
+    });
+    let received = metrics::counter!("kvi_received", "job" => job.clone());
+    let invalidated = metrics::counter!("kvi_invalidated", "job" => job.clone());
+    let completed = metrics::counter!("kvi_completed", "job" => job.clone());
+    let processing = metrics::histogram!("kvi_processing", "job" => job.clone());
+    let event_age = metrics::histogram!("kvi_event_age", "job" => job.clone());
+    group.bench_function("metric_updates", |b| {
+        b.iter(|| {
+            let started = std::time::Instant::now();
+            received.increment(1);
+            invalidated.increment(1);
+            event_age.record(black_box(1.5));
+            completed.increment(1);
+            processing.record(started.elapsed().as_secs_f64());
+        })
+    });
+    let message_id = String::from("0b8c6a0e-1f2d-4c3b-9a8e-7d6c5b4a3f21");
+    group.bench_function("span_and_records", |b| {
+        b.iter(|| {
+            let span = tracing::info_span!(
+                "delivery",
+                message_id = black_box(message_id.as_str()),
+                delivery_count = black_box(1u32),
+                event_id = tracing::field::Empty,
+                vault = tracing::field::Empty,
+                secret = tracing::field::Empty,
+            );
+            let _entered = span.enter();
+            let current = tracing::Span::current();
+            current.record("event_id", "1");
+            current.record("secret", "db-password");
+            current.record("vault", "prod-kv");
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     parse(&mut criterion);
     hit_path(&mut criterion);
+    observability(&mut criterion);
     criterion.final_summary();
 }

@@ -51,7 +51,11 @@
 //! assert_eq!(vault.calls("db-password"), 2);
 //! # }
 //! ```
+//!
+//! No OS thread: moka 0.12's `future::Cache` runs its upkeep on the callers' tasks, and the
+//! cache's refreshes are tasks on the application's tokio runtime.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
 mod options;

@@ -19,7 +19,25 @@
 //!   deliveries it dead-letters (`MaxAttemptsExceeded`). One that cannot pass is dead-lettered at
 //!   once (`InvalidationRejected`).
 //! - A delivery is settled only after the invalidator returned: at least once, never lost.
+//!
+//! # Metrics and tracing cost nothing worth a feature
+//! The job reports through the `metrics` facade and `tracing`, always; neither is behind a
+//! feature, because with no recorder or subscriber installed their cost is far below a
+//! delivery's. Measured (`bench/benches/micro.rs`, group `observability_per_delivery`; a 2-core
+//! machine under a load of 12, so the absolute numbers are high), against about 8 µs per event
+//! for the whole engine in process (`BENCHMARKS.md`):
+//! - **Metric handles** (twelve, with the `job` label allocated) are made once per job, at
+//!   `spawn`/`run`, not per event: about 0.5 µs each, once.
+//! - **Metric updates** per delivery (counters and two histograms on those handles): no
+//!   measurable cost (463 ns with the two clock reads of the processing time against 465 ns
+//!   for the clock reads alone): without a recorder a handle is a no-op.
+//! - **The delivery span** (`info_span!` with the message id and count, entered, three fields
+//!   recorded): about 76 ns, under 1% of a delivery; with no subscriber the span is disabled at
+//!   its call site and its fields are not formatted.
+//!
+//! No OS thread is started by this crate: the job runs as tasks on the application's runtime.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
 pub mod event;

@@ -22,7 +22,14 @@
 //! job.shutdown().await?; // also deletes this instance's queue
 //! # Ok(()) }
 //! ```
+//!
+//! # Threads and process-wide state
+//! lapin drives each connection on an OS thread of its own, `lapin-io-loop` (one per
+//! [`RabbitMqSource`], ended with its connection); the crate starts none itself. For `amqps`,
+//! lapin's rustls connector installs a process-wide rustls crypto provider (aws-lc-rs) when
+//! none is installed yet; an application that wants another installs it before connecting.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod connector;

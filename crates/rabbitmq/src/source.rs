@@ -61,6 +61,17 @@ pub const DEAD_LETTER_QUEUE_HEADER: &str = "x-kvi-dead-letter-queue";
 ///
 /// Connecting is lazy: the first `receive` connects, so building a source never fails on the
 /// network.
+///
+/// **Threads**: lapin drives each connection's socket on an OS thread of its own, named
+/// `lapin-io-loop`: one per source (a source and its clones hold one connection at a time),
+/// started when the source connects and ended when that connection closes or is lost (a
+/// reconnection starts the next). The source itself starts none; its work runs on the
+/// application's tokio runtime.
+///
+/// **TLS**: for `amqps`, lapin's rustls connector takes rustls's process-wide crypto provider
+/// and, when none is installed yet, installs the one its features select (aws-lc-rs) for the
+/// whole process. An application that wants another one installs it before the first
+/// connection.
 #[derive(Clone)]
 pub struct RabbitMqSource {
     lifecycle: Lifecycle<QueueConnector>,

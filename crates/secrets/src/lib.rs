@@ -32,7 +32,14 @@
 //! assert_eq!(store.get_secret("missing").await.unwrap_err().kind, ProviderErrorKind::NotFound);
 //! # }
 //! ```
+//!
+//! Threads: none of its own. With the `azure` feature, the Azure SDK's workload identity
+//! credential reads its token file on a short-lived thread (at most every ten minutes), the
+//! developer credentials run the Azure CLI from one, and `reqwest` resolves names on tokio's
+//! blocking pool. No process-wide rustls provider is installed: `reqwest` uses the installed
+//! one, or its own without installing it.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod env;
 mod error;
@@ -44,6 +51,7 @@ mod store;
 pub use env::{EnvProvider, EnvProviderBuilder};
 pub use error::{ConfigError, ProviderFailure, StoreFailures};
 #[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
 pub use keyvault::{credential, KeyVaultProvider, KeyVaultProviderBuilder, DEFAULT_TIMEOUT};
 pub use static_provider::{StaticProvider, StaticProviderBuilder};
 pub use store::{read_connection_string, SecretStore, SecretStoreBuilder};
@@ -51,4 +59,5 @@ pub use store::{read_connection_string, SecretStore, SecretStoreBuilder};
 /// The Azure SDK crates this one builds on, so applications name the same versions
 /// (`azure_core::credentials::TokenCredential`, `azure_core::http::RetryOptions`).
 #[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
 pub use {azure_core, azure_identity};

@@ -183,6 +183,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod amqp;
 mod cbs;
@@ -214,6 +215,11 @@ use state::Entities;
 pub const POLICY_NAME: &str = "RootManageSharedAccessKey";
 
 /// A running emulator. Dropping it stops it.
+///
+/// **Threads**: its AMQP endpoint runs on an OS thread of its own, named
+/// `servicebus-emulator-amqp`, with a single-threaded tokio runtime (one per emulator, ended
+/// when the emulator is dropped), so that `fe2o3-amqp`'s session engines cannot race their own
+/// bookkeeping; the management endpoint runs on the caller's runtime.
 pub struct ServiceBusEmulator {
     shared: Arc<Shared>,
     management: JoinHandle<()>,

@@ -14,7 +14,19 @@
 //!
 //! [`ServiceBusSource`] receives over AMQP 1.0 on `fe2o3-amqp`, settling as the official SDKs do
 //! and renewing the locks of deliveries in flight.
+//!
+//! # Threads and process-wide state
+//! Each connection of a [`ServiceBusSource`] runs on an OS thread of its own, `servicebus-link`
+//! (one per source, ended with its connection; see the source's docs for why). TLS names its
+//! rustls provider (ring) in the connection's own configuration: the crate installs no
+//! process-wide crypto provider. The management API and token requests go through the Azure
+//! SDK's `reqwest` client, which takes the process-wide rustls provider if the application
+//! installed one and otherwise uses its own, without installing it; its DNS lookups run on
+//! tokio's blocking pool. With managed identity, `azure_identity`'s workload identity
+//! credential reads its token file on a short-lived thread of its own (at most every ten
+//! minutes), and the developer credentials run the Azure CLI from one.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod connection_string;

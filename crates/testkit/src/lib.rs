@@ -10,11 +10,13 @@
 //! - [`conformance`]: the suite every `EventSource` must pass.
 //! - [`mocks`]: `mockall` mocks of the core traits.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
 pub mod conformance;
 pub mod events;
 #[cfg(feature = "keyvault-standin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyvault-standin")))]
 pub mod keyvault_standin;
 pub mod mocks;
 mod source;
@@ -33,4 +35,5 @@ pub use wait::{eventually, EVENTUALLY_TIMEOUT};
 /// The Service Bus emulator (the `keyvault-invalidator-servicebus-emulator` crate), with the
 /// `servicebus-emulator` feature.
 #[cfg(feature = "servicebus-emulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "servicebus-emulator")))]
 pub use keyvault_invalidator_servicebus_emulator as servicebus_emulator;

@@ -56,6 +56,7 @@ impl Amqp {
             .sasl_hostname(host)
             .domain(url.domain())
             .sasl_profile(SaslProfile::Anonymous)
+            .rustls_connector(settings.tls.clone())
             // Service Bus starts TLS before AMQP (no AMQP TLS upgrade header).
             .alt_tls_establishment(true)
             .max_frame_size(65536)

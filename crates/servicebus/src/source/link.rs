@@ -34,6 +34,7 @@
 //! lock has ended is reported lost and not sent (see `ServiceBusSource::settle`).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fe2o3_amqp::link::delivery::DeliveryInfo;
@@ -44,6 +45,7 @@ use keyvault_invalidator_core::SourceError;
 use keyvault_invalidator_transport::Incoming;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use super::amqp::Amqp;
@@ -125,6 +127,8 @@ fn stopped() -> SourceError {
 
 /// What the link's thread needs to connect: the names and addresses of one attempt.
 pub(super) struct LinkSettings {
+    /// The TLS client for `amqps` (unused for the emulator's plain `amqp`).
+    pub(super) tls: TlsConnector,
     /// The link name stem (unique per attempt): the container id and link names derive from it.
     pub(super) name: String,
     pub(super) amqp_url: url::Url,
@@ -151,10 +155,11 @@ impl Link {
         prefetch: u32,
         timeout: Duration,
     ) -> Result<(Link, Deliveries), SourceError> {
-        install_crypto_provider();
+        let tls = tls_connector()?;
         let token = resolved.access.token(&resolved.audience).await?;
         let expires_at = token.expires_at;
         let settings = LinkSettings {
+            tls,
             name: name.to_owned(),
             amqp_url: resolved.amqp_url.clone(),
             audience: resolved.audience.clone(),
@@ -237,8 +242,13 @@ impl Drop for Link {
     }
 }
 
-/// Runs `link` to completion on a new thread with a single-threaded runtime, logging through
-/// the caller's `tracing` dispatcher.
+/// Runs `link` to completion on a new OS thread named `servicebus-link`, on a single-threaded
+/// runtime of its own, logging through the caller's `tracing` dispatcher.
+///
+/// One such thread runs per open connection (one per `ServiceBusSource`, since a source holds
+/// one connection at a time), for the reason in this module's docs. It ends when the link does:
+/// once the connection is closed (`Link::close`, or the `Link` dropped) or lost; a reconnection
+/// starts a new one.
 fn spawn_link_thread(link: impl Future<Output = ()> + Send + 'static) -> Result<(), SourceError> {
     let failed = |error: std::io::Error| {
         SourceError::transient("could not start the Service Bus link's thread").with_source(error)
@@ -271,17 +281,27 @@ pub(super) async fn connect_tcp(url: &url::Url) -> std::io::Result<tokio::net::T
     Ok(stream)
 }
 
-/// fe2o3 builds its rustls client config from the process-wide crypto provider, and rustls
-/// refuses to choose one when the build has several (this workspace's HTTP stack brings
-/// aws-lc-rs, fe2o3 brings ring). Install ring unless the application already chose one.
-fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            // Err means another thread installed one first: that one serves as well.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-    });
+/// The TLS client of a connection: rustls with its ring provider, named here, and the web PKI
+/// roots (the roots fe2o3 would use by itself).
+///
+/// Why named here: left to itself, fe2o3 builds its rustls configuration on the process-wide
+/// provider, which a process that never installed one lacks when its build holds more than one
+/// (the Azure SDK's HTTP stack brings aws-lc-rs, fe2o3 brings ring): connecting would panic,
+/// and installing one for it would choose for every other TLS client of the application. With
+/// the provider in the configuration, nothing process-wide is read or written.
+fn tls_connector() -> Result<TlsConnector, SourceError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| {
+            SourceError::fatal("the TLS provider supports no safe protocol version")
+                .with_source(error)
+        })?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// Waits at most `timeout` for one step of connecting or renewing.

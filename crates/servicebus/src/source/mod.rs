@@ -61,10 +61,20 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 ///   the next call reconnects (exponential backoff with jitter), re-authorises and re-attaches.
 ///   Every step of connecting waits at most the
 ///   [operation timeout](ServiceBusConfig::operation_timeout), so a silent peer is a transient
-///   error too, never a hang. The connection runs on a thread of its own (see `link.rs` for
-///   the `fe2o3-amqp` race this avoids).
+///   error too, never a hang.
 ///   Deliveries from the old link cannot be settled on the new one; their locks expire and the
 ///   service redelivers them. A missing topic or subscription is fatal.
+/// - **Threads**: each connection runs on an OS thread of its own, named `servicebus-link`,
+///   with a single-threaded tokio runtime on it: one thread per source (a source and its clones
+///   hold one connection at a time), started when the source connects and ended when that
+///   connection closes or is lost (a reconnection starts the next). Why: with the connection
+///   and everything that uses it on one thread, `fe2o3-amqp` 0.14 cannot lose the answer to a
+///   `$cbs` or `$management` request between handing it over and recording it, which it can on
+///   a multi-threaded runtime. Everything else (tokens, the management API, the deliveries
+///   handed to the job) stays on the application's runtime.
+/// - **TLS**: `amqps` runs on rustls with its ring provider named in the connection's own
+///   configuration and the web PKI roots; the source installs no process-wide rustls provider
+///   and reads none.
 #[derive(Clone)]
 pub struct ServiceBusSource {
     lifecycle: Lifecycle<SubscriptionConnector>,
