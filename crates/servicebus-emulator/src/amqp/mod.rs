@@ -2,34 +2,35 @@
 //! nodes ([`node`](super::node)), receiver links on subscriptions and their dead-letter
 //! sub-queues that deliver in peek-lock mode, and sender links to topics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
     ListenerSessionHandle, SaslAnonymousMechanism, SessionAcceptor, SupportedReceiverSettleModes,
 };
 use fe2o3_amqp::link::DetachError;
-use fe2o3_amqp::types::definitions::{
-    self, AmqpError, ErrorCondition, Fields, ReceiverSettleMode, Role,
-};
-use fe2o3_amqp::types::messaging::{
-    Accepted, ApplicationProperties, Body, Data, DeliveryState, Header, Message,
-    MessageAnnotations, MessageId, Modified, Outcome, Properties, Rejected, Released,
-};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Timestamp, Value};
-use fe2o3_amqp::{Receiver, Sender};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, ReceiverSettleMode, Role};
+use fe2o3_amqp::types::primitives::Symbol;
+use fe2o3_amqp::Sender;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+
+mod subscription_link;
+mod topic_link;
 
 use super::cbs::{self, Grants};
 use super::node::{self, Reply};
-use super::state::{system_time, Lock, Settlement, StoredMessage, SubQueue};
+use super::state::SubQueue;
 use super::wire::{self, Wire};
-use super::Shared;
+use super::Namespace;
+
+use subscription_link::entity_link;
+pub(crate) use subscription_link::{millis, to_amqp};
+use topic_link::topic_link;
 
 /// The longest a waiting link sleeps without looking at the subscription (and at its
 /// authorisation) again.
@@ -67,7 +68,7 @@ pub(crate) struct EngineThread {
 /// nothing runs between the hand-over and the record.
 pub(crate) fn spawn_engine(
     listener: std::net::TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Namespace>,
 ) -> std::io::Result<EngineThread> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,7 +93,7 @@ pub(crate) fn spawn_engine(
 /// What every link of a connection shares.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Namespace>,
     /// Service Bus authorises per connection, whichever session carried the put-token.
     pub(crate) grants: Grants,
     pub(crate) wire: Arc<Wire>,
@@ -104,7 +105,7 @@ impl Conn {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+async fn serve(listener: TcpListener, shared: Arc<Namespace>) {
     let acceptor = Arc::new(
         ConnectionAcceptor::builder()
             .container_id("keyvault-invalidator-servicebus-emulator")
@@ -423,448 +424,6 @@ pub(crate) fn token_expired() -> definitions::Error {
         Some("The token has expired: the link is detached. Put a new token on $cbs and attach again.".to_owned()),
         None,
     )
-}
-
-/// A message reserved for a transfer. Settled explicitly by [`Reservation::give_back`] (it
-/// certainly did not go out) or by being dropped, which starts its lock: a transfer cut short
-/// (the link's task aborted with its connection) may have reached the client, so the message
-/// is treated as delivered, as the service does.
-struct Reservation {
-    shared: Arc<Shared>,
-    entity: Entity,
-    token: String,
-    given_back: bool,
-}
-
-impl Reservation {
-    fn give_back(mut self) {
-        self.given_back = true;
-        if let Some(sub) = self
-            .shared
-            .lock()
-            .entities
-            .subscription_mut(&self.entity.topic, &self.entity.subscription)
-        {
-            sub.unreserve(self.entity.queue, &self.token);
-        }
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if !self.given_back {
-            if let Some(sub) = self
-                .shared
-                .lock()
-                .entities
-                .subscription_mut(&self.entity.topic, &self.entity.subscription)
-            {
-                sub.transferred(self.entity.queue, &self.token, Instant::now());
-            }
-        }
-    }
-}
-
-/// The next condition `detach_links_with_error` asks for.
-async fn next_fault(faults: &mut broadcast::Receiver<String>) -> String {
-    loop {
-        match faults.recv().await {
-            Ok(condition) => return condition,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-        }
-    }
-}
-
-/// A client's receiver on a subscription or its dead-letter sub-queue: peek-lock deliveries.
-async fn entity_link(mut sender: Sender, address: String, entity: Entity, conn: Conn) {
-    let shared = conn.shared.clone();
-    let mut faults = shared.link_faults.subscribe();
-    if !conn.authorised(&entity.path()) {
-        let _ = sender.close_with_error(unauthorized("Listen")).await;
-        return;
-    }
-    let (topic, subscription, queue) = (
-        entity.topic.clone(),
-        entity.subscription.clone(),
-        entity.queue,
-    );
-    let mut settlements = JoinSet::new();
-    loop {
-        while settlements.try_join_next().is_some() {}
-        if !conn.authorised(&entity.path()) {
-            let _ = sender.close_with_error(token_expired()).await;
-            return;
-        }
-        // Reserve the next message, or learn when to look again.
-        let now = Instant::now();
-        let looked = shared
-            .lock()
-            .entities
-            .subscription_mut(&topic, &subscription)
-            .map(|sub| {
-                let next = match sub.reserve(queue, now) {
-                    Some(reserved) => Ok(reserved),
-                    None => Err(sub.next_lock_expiry(queue)),
-                };
-                (
-                    sub.queue(queue).available.clone(),
-                    sub.settings.lock_duration,
-                    next,
-                )
-            });
-        let Some((available, lock_duration, next)) = looked else {
-            let _ = sender.close_with_error(not_found(&address)).await;
-            return;
-        };
-        match next {
-            Ok((message, lock)) => {
-                let reservation = Reservation {
-                    shared: shared.clone(),
-                    entity: entity.clone(),
-                    token: lock.token.clone(),
-                    given_back: false,
-                };
-                let amqp_message = to_amqp(&message, Some((&lock, lock_duration)));
-                // Waits for link credit; the lock starts once the transfer went out.
-                let sent = tokio::select! {
-                    sent = sender.send_batchable(amqp_message) => Some(sent),
-                    condition = next_fault(&mut faults) => {
-                        reservation.give_back();
-                        let _ = sender
-                            .close_with_error(error(&condition, fault_description(&condition)))
-                            .await;
-                        return;
-                    }
-                };
-                match sent {
-                    Some(Ok(outcome)) => {
-                        drop(reservation);
-                        let conn = conn.clone();
-                        let entity = entity.clone();
-                        settlements.spawn(async move {
-                            if let Ok(outcome) = outcome.await {
-                                let state = settle(&conn.shared, &entity, &lock.token, &outcome);
-                                conn.wire.settle(&lock.token, state);
-                            }
-                        });
-                    }
-                    _ => {
-                        reservation.give_back();
-                        let error = sender.on_detach().await;
-                        answer_detach(sender, error).await;
-                        return;
-                    }
-                }
-            }
-            Err(next_expiry) => {
-                let notified = available.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                // A message may have arrived between the look and `enable`.
-                let ready = shared
-                    .lock()
-                    .entities
-                    .subscription(&topic, &subscription)
-                    .is_none_or(|s| !s.queue(queue).messages.is_empty());
-                if ready {
-                    continue;
-                }
-                let wake = next_expiry
-                    .map_or(IDLE_RECHECK, |at| {
-                        at.saturating_duration_since(Instant::now())
-                    })
-                    .min(IDLE_RECHECK);
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep(wake) => {}
-                    error = sender.on_detach() => {
-                        answer_detach(sender, error).await;
-                        return;
-                    }
-                    condition = next_fault(&mut faults) => {
-                        let _ = sender
-                            .close_with_error(error(&condition, fault_description(&condition)))
-                            .await;
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn fault_description(condition: &str) -> String {
-    format!("The emulator detached the link ({condition}).")
-}
-
-pub(crate) fn millis(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The message as it goes to a receiver: with its lock's annotations when it is delivered
-/// (`lock` and the lock duration), without when it is peeked.
-pub(crate) fn to_amqp(message: &StoredMessage, lock: Option<(&Lock, Duration)>) -> Message<Data> {
-    let mut properties = ApplicationProperties::builder();
-    for (key, value) in &message.properties {
-        properties = properties.insert(key.clone(), SimpleValue::String(value.clone()));
-    }
-    let mut annotations = MessageAnnotations::builder();
-    if let Some((lock, lock_duration)) = lock {
-        let lock_token = uuid::Uuid::parse_str(&lock.token).unwrap_or_default();
-        let locked_until = system_time(Instant::now() + lock_duration);
-        annotations = annotations
-            .insert(
-                Symbol::from("x-opt-lock-token"),
-                Value::Uuid(lock_token.into_bytes().into()),
-            )
-            .insert(
-                Symbol::from("x-opt-locked-until"),
-                Value::Timestamp(Timestamp::from_milliseconds(millis(locked_until))),
-            );
-    }
-    let annotations = annotations
-        .insert(
-            Symbol::from("x-opt-enqueued-time"),
-            Value::Timestamp(Timestamp::from_milliseconds(millis(message.enqueued_time))),
-        )
-        .insert(
-            Symbol::from("x-opt-sequence-number"),
-            Value::Long(message.sequence_number),
-        )
-        .build();
-    Message::builder()
-        .header(Header {
-            durable: true,
-            // AMQP counts prior deliveries; the state counts this one too (a peeked message:
-            // those so far).
-            delivery_count: if lock.is_some() {
-                message.delivery_count.saturating_sub(1)
-            } else {
-                message.delivery_count
-            },
-            ..Default::default()
-        })
-        .message_annotations(annotations)
-        .properties(Properties {
-            message_id: message.message_id.clone().map(Into::into),
-            ..Default::default()
-        })
-        .application_properties(properties.build())
-        .data(Binary::from(message.body.clone()))
-        .build()
-}
-
-fn info_string(info: Option<&Fields>, key: &str) -> String {
-    match info.and_then(|info| info.get(&Symbol::from(key))) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Symbol(s)) => s.0.clone(),
-        _ => String::new(),
-    }
-}
-
-/// The settled state the service answers when a lock was lost.
-pub(crate) fn lock_lost_state() -> DeliveryState {
-    DeliveryState::Rejected(Rejected {
-        error: Some(error(LOCK_LOST, LOCK_LOST_DESCRIPTION.to_owned())),
-    })
-}
-
-/// Applies a receiver's outcome; returns the state to settle the delivery with: the outcome
-/// applied (a dead-letter as a bare Rejected), or a lost lock.
-fn settle(shared: &Shared, entity: &Entity, token: &str, outcome: &Outcome) -> DeliveryState {
-    let mut state = shared.lock();
-    let Some(sub) = state
-        .entities
-        .subscription_mut(&entity.topic, &entity.subscription)
-    else {
-        return lock_lost_state();
-    };
-    let now = Instant::now();
-    let queue = entity.queue;
-    let (name, result, applied) = match outcome {
-        Outcome::Accepted(_) => (
-            "accepted",
-            sub.complete(queue, token, now),
-            DeliveryState::Accepted(Accepted {}),
-        ),
-        // Released does not count the delivery (Azure/amqpnetlite#342).
-        Outcome::Released(_) => (
-            "released",
-            sub.release(queue, token, now),
-            DeliveryState::Released(Released {}),
-        ),
-        // Modified counts it, whatever `delivery-failed` says; `undeliverable-here` (a defer in
-        // the SDKs) is treated the same: deferral is not emulated.
-        Outcome::Modified(modified) => (
-            "modified",
-            sub.abandon(queue, token, now),
-            DeliveryState::Modified(Modified {
-                delivery_failed: modified.delivery_failed,
-                undeliverable_here: modified.undeliverable_here,
-                message_annotations: None,
-            }),
-        ),
-        Outcome::Rejected(rejected) => {
-            // With `com.microsoft:dead-letter` and its info the receiver names a reason; a bare
-            // Rejected dead-letters without one.
-            let info = rejected.error.as_ref().and_then(|e| e.info.as_deref());
-            let reason = info_string(info, "DeadLetterReason");
-            let description = info_string(info, "DeadLetterErrorDescription");
-            (
-                "rejected",
-                sub.dead_letter(queue, token, &reason, &description, now),
-                // The service confirms a dead-letter with a Rejected without an error: one with
-                // an error is a failure to azure-sdk-for-python (`check_disposition_outcome`).
-                DeliveryState::Rejected(Rejected { error: None }),
-            )
-        }
-        #[allow(unreachable_patterns)]
-        _ => ("unknown", Ok(()), DeliveryState::Accepted(Accepted {})),
-    };
-    let answer = if result.is_ok() {
-        applied
-    } else {
-        lock_lost_state()
-    };
-    sub.queue_mut(queue).settlements.push(Settlement {
-        lock_token: token.to_owned(),
-        outcome: name,
-        applied: result.is_ok(),
-    });
-    answer
-}
-
-/// A client's sender to a topic: every message is published, then accepted.
-async fn topic_link(mut receiver: Receiver, target: String, topic: String, conn: Conn) {
-    if !conn.authorised(&topic) {
-        let _ = receiver.close_with_error(unauthorized("Send")).await;
-        return;
-    }
-    if !conn.shared.lock().entities.topics.contains_key(&topic) {
-        let _ = receiver.close_with_error(not_found(&target)).await;
-        return;
-    }
-    let mut recheck = tokio::time::interval(IDLE_RECHECK);
-    loop {
-        let delivery = tokio::select! {
-            delivery = receiver.recv::<Body<Value>>() => delivery,
-            _ = recheck.tick() => {
-                if !conn.authorised(&topic) {
-                    let _ = receiver.close_with_error(token_expired()).await;
-                    return;
-                }
-                continue;
-            }
-        };
-        let delivery = match delivery {
-            Ok(delivery) => delivery,
-            // Detached or closed by the client, or a malformed transfer: the link ends.
-            Err(_) => return,
-        };
-        if !conn.authorised(&topic) {
-            let _ = receiver.close_with_error(token_expired()).await;
-            return;
-        }
-        let format = *delivery.message_format();
-        let (info, message) = delivery.into_parts();
-        let published = match messages_of(format, message) {
-            Some(messages) => {
-                let mut state = conn.shared.lock();
-                messages
-                    .into_iter()
-                    .all(|message| state.entities.publish(&topic, message))
-            }
-            None => false,
-        };
-        let result = if published {
-            receiver.accept(info.clone()).await
-        } else {
-            receiver
-                .reject(
-                    info,
-                    Some(definitions::Error::new(
-                        AmqpError::NotImplemented,
-                        Some(
-                            "The emulator takes bodies of data sections, or an amqp-value string or binary."
-                                .to_owned(),
-                        ),
-                        None,
-                    )),
-                )
-                .await
-        };
-        if result.is_err() {
-            return;
-        }
-    }
-}
-
-/// The messages a transfer carries: one, or each of a batch's.
-fn messages_of(format: Option<u32>, message: Message<Body<Value>>) -> Option<Vec<StoredMessage>> {
-    if format == Some(BATCH_MESSAGE_FORMAT) {
-        let Body::Data(sections) = message.body else {
-            return None;
-        };
-        sections
-            .into_iter()
-            .map(|Data(bytes)| {
-                let inner: fe2o3_amqp::types::messaging::message::__private::Deserializable<
-                    Message<Body<Value>>,
-                > = serde_amqp::from_slice(&bytes).ok()?;
-                stored(inner.0)
-            })
-            .collect()
-    } else {
-        Some(vec![stored(message)?])
-    }
-}
-
-/// A received message as the emulator stores it: the body (`data` sections concatenated, or an
-/// `amqp-value` string or binary), `message-id` and string application properties.
-fn stored(message: Message<Body<Value>>) -> Option<StoredMessage> {
-    let body = match message.body {
-        Body::Data(sections) => sections
-            .into_iter()
-            .flat_map(|Data(bytes)| bytes.into_vec())
-            .collect(),
-        Body::Value(value) => match value.0 {
-            Value::String(text) => text.into_bytes(),
-            Value::Binary(bytes) => bytes.into_vec(),
-            _ => return None,
-        },
-        Body::Empty => Vec::new(),
-        Body::Sequence(_) => return None,
-    };
-    let message_id = message
-        .properties
-        .and_then(|p| p.message_id)
-        .map(|id| match id {
-            MessageId::String(s) => s,
-            MessageId::Ulong(n) => n.to_string(),
-            MessageId::Uuid(u) => uuid::Uuid::from_bytes(u.into_inner()).to_string(),
-            MessageId::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
-        });
-    let properties: BTreeMap<String, String> = message
-        .application_properties
-        .map(|p| {
-            p.0.into_iter()
-                .filter_map(|(k, v)| match v {
-                    SimpleValue::String(s) => Some((k, s)),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(StoredMessage {
-        body,
-        properties,
-        delivery_count: 0,
-        message_id,
-        sequence_number: 0,
-        enqueued_time: SystemTime::now(),
-    })
 }
 
 #[cfg(test)]

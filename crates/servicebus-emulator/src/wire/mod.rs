@@ -41,18 +41,28 @@
 //!   azure-sdk-for-python's `Connection._incoming_close` indexes all three (an `IndexError`
 //!   that takes the client down instead of the error).
 
+mod codec;
+mod rewrite;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fe2o3_amqp::types::definitions::{DeliveryNumber, Role};
 use fe2o3_amqp::types::messaging::DeliveryState;
-use fe2o3_amqp::types::performatives::{Attach, Begin, Close, Disposition, Open, Transfer};
-use fe2o3_amqp::types::primitives::Value;
-use serde_amqp::primitives::Binary;
+use fe2o3_amqp::types::performatives::Disposition;
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+pub(crate) use codec::with_full_header;
+use codec::{frame, Framer};
+// The unit tests below exercise the codec and the rewrites through this module.
+#[cfg(test)]
+use codec::{dotnet_guid_bytes, encode_header, parse, skip, HeaderFields};
+#[cfg(test)]
+use fe2o3_amqp::types::performatives::Close;
+use rewrite::{inbound_frame, outbound_frame};
 
 /// How many bytes the client's `max-frame-size` is lowered by (see the module docs).
 pub(crate) const FRAME_MARGIN: u32 = 64;
@@ -71,7 +81,7 @@ const CLOSE: u8 = 0x18;
 
 /// An entity delivery the client has not settled.
 #[derive(Debug)]
-struct Tracked {
+struct TrackedDelivery {
     lock_token: uuid::Uuid,
     /// Whether the link runs in receiver-settle-mode second (fe2o3 then echoes).
     second: bool,
@@ -90,7 +100,7 @@ struct WireState {
     /// Whether each of the engine's sender links (channel, handle) is in mode second.
     second: HashMap<(u16, u32), bool>,
     /// Entity deliveries by (engine channel, delivery id).
-    deliveries: HashMap<(u16, DeliveryNumber), Tracked>,
+    deliveries: HashMap<(u16, DeliveryNumber), TrackedDelivery>,
     by_token: HashMap<uuid::Uuid, (u16, DeliveryNumber)>,
     /// Client channels whose `begin` the engine has not answered yet, with the frames held
     /// back for them (see the module docs); `true` once the answer went out and the inbound
@@ -270,445 +280,6 @@ async fn run(
         to_client.shutdown().await
     };
     let _: std::io::Result<_> = tokio::try_join!(inbound, outbound);
-}
-
-/// Splits a byte stream into protocol headers and frames; once it meets something it cannot
-/// parse it passes everything through unchanged.
-#[derive(Default)]
-struct Framer {
-    pending: Vec<u8>,
-    passthrough: bool,
-}
-
-impl Framer {
-    /// Appends `bytes`; returns what to write on: each complete unit as `rewrite` returns it.
-    fn push(&mut self, bytes: &[u8], mut rewrite: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> Vec<u8> {
-        if self.passthrough {
-            return bytes.to_vec();
-        }
-        self.pending.extend_from_slice(bytes);
-        let mut out = Vec::with_capacity(self.pending.len());
-        let mut start = 0;
-        loop {
-            let rest = &self.pending[start..];
-            let unit = if rest.len() >= 4 && &rest[..4] == b"AMQP" {
-                if rest.len() < 8 {
-                    break;
-                }
-                out.extend_from_slice(&rest[..8]);
-                start += 8;
-                continue;
-            } else if rest.len() >= 4 {
-                let size = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if !(8..=MAX_PARSED_FRAME).contains(&size) || (rest.len() >= 5 && rest[4] < 2) {
-                    self.passthrough = true;
-                    out.extend_from_slice(rest);
-                    self.pending.clear();
-                    return out;
-                }
-                if rest.len() < size {
-                    break;
-                }
-                &rest[..size]
-            } else {
-                break;
-            };
-            match rewrite(unit) {
-                Some(replacement) => out.extend_from_slice(&replacement),
-                None => out.extend_from_slice(unit),
-            }
-            start += unit.len();
-        }
-        self.pending.drain(..start);
-        out
-    }
-}
-
-/// An AMQP frame (type 0): its channel, and its body (performative and payload), if it has one
-/// whose performative is described by a small ulong code.
-fn parse(frame: &[u8]) -> Option<(u16, u8, &[u8])> {
-    if frame.len() < 8 || frame[5] != 0 {
-        return None;
-    }
-    let offset = usize::from(frame[4]) * 4;
-    let body = frame.get(offset..)?;
-    let channel = u16::from_be_bytes([frame[6], frame[7]]);
-    match body {
-        [0x00, 0x53, code, ..] => Some((channel, *code, body)),
-        _ => None,
-    }
-}
-
-/// An AMQP frame (type 0, no extended header) with `body`.
-fn frame(channel: u16, body: &[u8]) -> Vec<u8> {
-    let size = u32::try_from(8 + body.len()).unwrap_or(u32::MAX);
-    let mut frame = Vec::with_capacity(8 + body.len());
-    frame.extend_from_slice(&size.to_be_bytes());
-    frame.extend_from_slice(&[2, 0]);
-    frame.extend_from_slice(&channel.to_be_bytes());
-    frame.extend_from_slice(body);
-    frame
-}
-
-fn inbound_frame(wire: &Wire, raw: &[u8]) -> Option<Vec<u8>> {
-    let (channel, code, body) = parse(raw)?;
-    {
-        let mut state = wire.lock();
-        if let Some((_, held)) = state.beginning.get_mut(&channel) {
-            // Held until the engine has the session (see the module docs): dropped here,
-            // written later by the inbound side.
-            held.extend_from_slice(raw);
-            return Some(Vec::new());
-        }
-        if code == BEGIN {
-            let begin: Begin = serde_amqp::from_slice(body).ok()?;
-            if begin.remote_channel.is_none() {
-                state.beginning.insert(channel, (false, Vec::new()));
-            }
-            return None;
-        }
-    }
-    match code {
-        OPEN => {
-            let mut open: Open = serde_amqp::from_slice(body).ok()?;
-            let size = open.max_frame_size.0;
-            if size < MIN_MAX_FRAME_SIZE + FRAME_MARGIN {
-                return None;
-            }
-            open.max_frame_size.0 = size - FRAME_MARGIN;
-            let body = serde_amqp::to_vec(&open).ok()?;
-            Some(frame(channel, &body))
-        }
-        DISPOSITION => {
-            let disposition: Disposition = serde_amqp::from_slice(body).ok()?;
-            if disposition.role != Role::Receiver {
-                return None;
-            }
-            let mut wire = wire.lock();
-            let engine_channel = *wire.channels.get(&channel)?;
-            let last = disposition.last.unwrap_or(disposition.first);
-            for key in wire.in_range(engine_channel, disposition.first, last) {
-                if disposition.settled {
-                    // The client settled by itself: nothing more to say about it.
-                    wire.forget(key);
-                } else if let Some(tracked) = wire.deliveries.get_mut(&key) {
-                    tracked.awaiting = true;
-                }
-            }
-            None
-        }
-        _ => None,
-    }
-}
-
-fn outbound_frame(wire: &Wire, raw: &[u8]) -> Option<Vec<u8>> {
-    let (channel, code, body) = parse(raw)?;
-    match code {
-        BEGIN => {
-            let begin: Begin = serde_amqp::from_slice(body).ok()?;
-            if let Some(remote) = begin.remote_channel {
-                let mut state = wire.lock();
-                state.channels.insert(remote, channel);
-                if let Some((answered, _)) = state.beginning.get_mut(&remote) {
-                    *answered = true;
-                    wire.released.notify_one();
-                }
-            }
-            None
-        }
-        ATTACH => {
-            let attach: Attach = serde_amqp::from_slice(body).ok()?;
-            if attach.role == Role::Sender {
-                let second = matches!(
-                    attach.rcv_settle_mode,
-                    fe2o3_amqp::types::definitions::ReceiverSettleMode::Second
-                );
-                wire.lock()
-                    .second
-                    .insert((channel, attach.handle.0), second);
-            }
-            None
-        }
-        TRANSFER => rewrite_transfer(wire, channel, body),
-        CLOSE => {
-            let close: Close = serde_amqp::from_slice(body).ok()?;
-            let error = close.error?;
-            let condition = serde_amqp::to_vec(&error.condition).ok()?;
-            let description = match &error.description {
-                Some(text) => encode_string(text),
-                None => encode_string(
-                    &serde_amqp::from_slice::<serde_amqp::primitives::Symbol>(&condition)
-                        .map_or_else(|_| "error".to_owned(), |symbol| symbol.0),
-                ),
-            };
-            let info = match &error.info {
-                Some(info) => serde_amqp::to_vec(info).ok()?,
-                None => vec![0x40],
-            };
-            let error = described(0x1d, &list(&[condition, description, info]));
-            Some(frame(channel, &described(CLOSE, &list(&[error]))))
-        }
-        DISPOSITION => {
-            let disposition: Disposition = serde_amqp::from_slice(body).ok()?;
-            if disposition.role != Role::Sender {
-                return None;
-            }
-            let mut wire = wire.lock();
-            let last = disposition.last.unwrap_or(disposition.first);
-            let keys = wire.in_range(channel, disposition.first, last);
-            let span = u64::from(last.wrapping_sub(disposition.first)) + 1;
-            let all_ours = !keys.is_empty()
-                && keys.len() as u64 == span
-                && keys
-                    .iter()
-                    .all(|k| wire.deliveries.get(k).is_some_and(|t| t.awaiting));
-            if !all_ours {
-                return None;
-            }
-            // fe2o3's echo of the client's own outcome: the emulator settles by itself.
-            for key in keys {
-                let done = match wire.deliveries.get_mut(&key) {
-                    Some(tracked) => {
-                        tracked.echo_seen = true;
-                        tracked.settled
-                    }
-                    None => false,
-                };
-                if done {
-                    wire.forget(key);
-                }
-            }
-            Some(Vec::new())
-        }
-        END => {
-            let mut wire = wire.lock();
-            let keys: Vec<_> = wire
-                .deliveries
-                .keys()
-                .filter(|(c, _)| *c == channel)
-                .copied()
-                .collect();
-            for key in keys {
-                wire.forget(key);
-            }
-            wire.second.retain(|(c, _), _| *c != channel);
-            wire.channels.retain(|_, c| *c != channel);
-            None
-        }
-        _ => None,
-    }
-}
-
-fn rewrite_transfer(wire: &Wire, channel: u16, body: &[u8]) -> Option<Vec<u8>> {
-    let performative_len = skip(body)?;
-    let mut transfer: Transfer = serde_amqp::from_slice(&body[..performative_len]).ok()?;
-    let delivery_id = transfer.delivery_id?;
-    transfer.delivery_tag.as_ref()?;
-    let payload = &body[performative_len..];
-    let (lock_token, header) = inspect_payload(payload)?;
-    let mut rewritten_payload = Vec::with_capacity(payload.len() + 16);
-    match header {
-        Some((len, fields)) => {
-            rewritten_payload.extend_from_slice(&encode_header(&fields));
-            rewritten_payload.extend_from_slice(&payload[len..]);
-        }
-        None => rewritten_payload.extend_from_slice(payload),
-    }
-    transfer.delivery_tag = Some(Binary::from(dotnet_guid_bytes(&lock_token).to_vec()));
-    let mut new_body = serde_amqp::to_vec(&transfer).ok()?;
-    new_body.extend_from_slice(&rewritten_payload);
-    {
-        let mut wire = wire.lock();
-        let second = wire
-            .second
-            .get(&(channel, transfer.handle.0))
-            .copied()
-            .unwrap_or(false);
-        let key = (channel, delivery_id);
-        wire.forget(key);
-        if let Some(old) = wire.by_token.insert(lock_token, key) {
-            wire.deliveries.remove(&old);
-        }
-        wire.deliveries.insert(
-            key,
-            Tracked {
-                lock_token,
-                second,
-                awaiting: false,
-                echo_seen: false,
-                settled: false,
-            },
-        );
-    }
-    Some(frame(channel, &new_body))
-}
-
-/// The fields of a message header, as decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct HeaderFields {
-    durable: bool,
-    priority: u8,
-    ttl: Option<u32>,
-    first_acquirer: bool,
-    delivery_count: u32,
-}
-
-/// The lock token from the message annotations, and the header section's length and fields,
-/// of a message payload (or as much of it as this frame holds).
-fn inspect_payload(payload: &[u8]) -> Option<(uuid::Uuid, Option<(usize, HeaderFields)>)> {
-    let mut at = 0;
-    let mut header = None;
-    let mut lock_token = None;
-    while at < payload.len() && lock_token.is_none() {
-        let section = &payload[at..];
-        let len = skip(section)?;
-        let [0x00, 0x53, code, ..] = section else {
-            return None;
-        };
-        let value = &section[3..len];
-        match *code {
-            0x70 => {
-                let header_value: fe2o3_amqp::types::messaging::Header =
-                    serde_amqp::from_slice(&section[..len]).ok()?;
-                header = Some((
-                    len,
-                    HeaderFields {
-                        durable: header_value.durable,
-                        priority: header_value.priority.0,
-                        ttl: header_value.ttl,
-                        first_acquirer: header_value.first_acquirer,
-                        delivery_count: header_value.delivery_count,
-                    },
-                ));
-            }
-            0x72 => {
-                let Ok(Value::Map(map)) = serde_amqp::from_slice::<Value>(value) else {
-                    return None;
-                };
-                lock_token = map.iter().find_map(|(k, v)| match (k, v) {
-                    (Value::Symbol(k), Value::Uuid(u)) if k.0 == "x-opt-lock-token" => {
-                        Some(uuid::Uuid::from_bytes(u.clone().into_inner()))
-                    }
-                    _ => None,
-                });
-                lock_token?;
-            }
-            // Delivery annotations may come between the header and the message annotations.
-            0x71 => {}
-            _ => return None,
-        }
-        at += len;
-    }
-    // Only the header at the very start is rewritten.
-    let header = header.filter(|_| payload.starts_with(&[0x00, 0x53, 0x70]));
-    Some((lock_token?, header))
-}
-
-/// A header with every field written out.
-fn encode_header(fields: &HeaderFields) -> Vec<u8> {
-    let boolean = |b: bool| if b { 0x41 } else { 0x42 };
-    let mut list = vec![5u8];
-    list.push(boolean(fields.durable));
-    list.extend_from_slice(&[0x50, fields.priority]);
-    match fields.ttl {
-        Some(ttl) => {
-            list.push(0x70);
-            list.extend_from_slice(&ttl.to_be_bytes());
-        }
-        None => list.push(0x40),
-    }
-    list.push(boolean(fields.first_acquirer));
-    list.push(0x70);
-    list.extend_from_slice(&fields.delivery_count.to_be_bytes());
-    let mut section = vec![0x00, 0x53, 0x70, 0xc0, list.len() as u8];
-    section.extend_from_slice(&list);
-    section
-}
-
-/// A described value with a small-ulong descriptor.
-fn described(code: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x00, 0x53, code];
-    out.extend_from_slice(value);
-    out
-}
-
-/// A list of already-encoded values (list32: no size limits to mind).
-fn list(items: &[Vec<u8>]) -> Vec<u8> {
-    let content: Vec<u8> = items.concat();
-    let size = u32::try_from(content.len() + 4).unwrap_or(u32::MAX);
-    let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
-    let mut out = vec![0xd0];
-    out.extend_from_slice(&size.to_be_bytes());
-    out.extend_from_slice(&count.to_be_bytes());
-    out.extend_from_slice(&content);
-    out
-}
-
-/// A string (str32).
-fn encode_string(text: &str) -> Vec<u8> {
-    let mut out = vec![0xb1];
-    out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-    out
-}
-
-/// A GUID's bytes in .NET order: the first three groups little-endian.
-pub(crate) fn dotnet_guid_bytes(guid: &uuid::Uuid) -> [u8; 16] {
-    guid.to_bytes_le()
-}
-
-/// The encoded length of the AMQP value at the start of `bytes`, if it is all there.
-pub(crate) fn skip(bytes: &[u8]) -> Option<usize> {
-    let code = *bytes.first()?;
-    let sized = |width: usize| -> Option<usize> {
-        let size = match width {
-            1 => usize::from(*bytes.get(1)?),
-            _ => u32::from_be_bytes(bytes.get(1..5)?.try_into().ok()?) as usize,
-        };
-        Some(1 + width + size)
-    };
-    let len = match code {
-        0x00 => {
-            let descriptor = skip(bytes.get(1..)?)?;
-            let value = skip(bytes.get(1 + descriptor..)?)?;
-            1 + descriptor + value
-        }
-        0x40..=0x45 => 1,
-        0x50..=0x56 => 2,
-        0x60 | 0x61 => 3,
-        0x70..=0x74 => 5,
-        0x80..=0x84 => 9,
-        0x94 | 0x98 => 17,
-        0xa0 | 0xa1 | 0xa3 | 0xc0 | 0xc1 | 0xe0 => sized(1)?,
-        0xb0 | 0xb1 | 0xb3 | 0xd0 | 0xd1 | 0xf0 => sized(4)?,
-        _ => return None,
-    };
-    (bytes.len() >= len).then_some(len)
-}
-
-/// An encoded message with its header written out whole (for messages that go out inside a
-/// response body, such as peeked ones); unchanged if it does not start with a header.
-pub(crate) fn with_full_header(message: &[u8]) -> Vec<u8> {
-    if !message.starts_with(&[0x00, 0x53, 0x70]) {
-        return message.to_vec();
-    }
-    let Some(len) = skip(message) else {
-        return message.to_vec();
-    };
-    let Ok(header) =
-        serde_amqp::from_slice::<fe2o3_amqp::types::messaging::Header>(&message[..len])
-    else {
-        return message.to_vec();
-    };
-    let mut out = encode_header(&HeaderFields {
-        durable: header.durable,
-        priority: header.priority.0,
-        ttl: header.ttl,
-        first_acquirer: header.first_acquirer,
-        delivery_count: header.delivery_count,
-    });
-    out.extend_from_slice(&message[len..]);
-    out
 }
 
 #[cfg(test)]
