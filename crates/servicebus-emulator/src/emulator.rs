@@ -19,6 +19,33 @@ use crate::{
 };
 
 /// A running emulator. Dropping it stops it.
+///
+/// A test starts one, creates the topic and subscriptions it needs, points the client under
+/// test at [`connection_string`](Self::connection_string) (or
+/// [`management_endpoint`](Self::management_endpoint)), publishes, and reads back what the
+/// client did: [`settlements`](Self::settlements), [`dead_letters`](Self::dead_letters),
+/// [`management_requests`](Self::management_requests).
+///
+/// ```
+/// use std::collections::BTreeMap;
+///
+/// use keyvault_invalidator_servicebus_emulator::{ServiceBusEmulator, SubscriptionSettings};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// let emulator = ServiceBusEmulator::start().await?;
+/// emulator.create_topic("keyvault-events");
+/// assert!(emulator.create_subscription("keyvault-events", "app-1", SubscriptionSettings::default()));
+///
+/// // Every subscription of the topic gets a copy; nothing is locked until a receiver takes it.
+/// assert!(emulator.publish("keyvault-events", br#"{"id":"1"}"#, BTreeMap::new()));
+/// assert_eq!(emulator.pending("keyvault-events", "app-1"), Some(1));
+/// assert_eq!(emulator.locked("keyvault-events", "app-1"), 0);
+///
+/// // What a client under test is given.
+/// let connection_string = emulator.connection_string(Some("keyvault-events"));
+/// assert!(connection_string.ends_with(";UseDevelopmentEmulator=true;EntityPath=keyvault-events"));
+/// # Ok(()) }
+/// ```
 pub struct ServiceBusEmulator {
     shared: Arc<Namespace>,
     management: JoinHandle<()>,
@@ -132,7 +159,7 @@ impl ServiceBusEmulator {
             .lock()
             .entities
             .create_subscription(topic, name, settings)
-            == crate::state::Creation::New
+            == crate::entities::Creation::New
     }
 
     /// The management endpoint's base URL, `http://127.0.0.1:{port}/`.

@@ -127,6 +127,33 @@ pub struct RecordedRequest {
 }
 
 /// A local stand-in of Key Vault's secrets API. Dropping it stops the server.
+///
+/// A test starts one, writes secrets with [`set_secret`](Self::set_secret) (each write is a new
+/// version, as a rotation), gives the SDK [`endpoint`](Self::endpoint),
+/// [`credential`](Self::credential) and [`client_options`](Self::client_options), scripts
+/// failures with [`fail_next`](Self::fail_next), and counts what the code under test asked for
+/// with [`calls`](Self::calls).
+///
+/// ```
+/// use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+/// use keyvault_invalidator_testkit::keyvault_standin::{Fault, KeyVaultStandIn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let standin = KeyVaultStandIn::start().await?;
+/// let first = standin.set_secret("db-password", "old");
+/// let options = SecretClientOptions { client_options: standin.client_options(), ..Default::default() };
+/// let client = SecretClient::new(standin.endpoint(), standin.credential(), Some(options))?;
+///
+/// // The fault is spent by the first authorized request, after the challenge round trip.
+/// standin.fail_next(1, Fault::Forbidden);
+/// assert!(client.get_secret("db-password", None).await.is_err());
+///
+/// let second = standin.rotate("db-password", "new");
+/// assert_ne!(first, second);
+/// let secret = client.get_secret("db-password", None).await?.into_model()?;
+/// assert_eq!(secret.value.as_deref(), Some("new"));
+/// # Ok(()) }
+/// ```
 pub struct KeyVaultStandIn {
     shared: Arc<ServerContext>,
     endpoint: String,
