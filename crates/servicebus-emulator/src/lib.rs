@@ -187,21 +187,21 @@
 mod amqp;
 mod cbs;
 mod emulator;
+mod entities;
 mod management;
 mod namespace;
 mod node;
 mod sas;
-mod state;
 mod wire;
 
 pub use cbs::CbsRequest;
 pub use emulator::{EmulatorOptions, ServiceBusEmulator};
-pub use management::{ManagementFault, ManagementRequest};
-pub use sas::{verify as verify_sas, SasRejection};
-pub use state::{
+pub use entities::{
     DeadLetteredMessage, LockRenewal, Settlement, StoredMessage, SubQueue, SubscriptionSettings,
     DEAD_LETTER_ERROR_DESCRIPTION, DEAD_LETTER_REASON, MAX_DELIVERY_COUNT_EXCEEDED,
 };
+pub use management::{ManagementFault, ManagementRequest};
+pub use sas::{verify as verify_sas, SasRejection};
 
 use namespace::Namespace;
 

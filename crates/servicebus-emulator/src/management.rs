@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::state::{Creation, SubscriptionSettings};
+use super::entities::{Creation, SubscriptionSettings};
 use super::Namespace;
 
 /// One request the management endpoint answered.

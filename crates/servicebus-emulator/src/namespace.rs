@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
-use crate::state::Entities;
+use crate::entities::Entities;
 use crate::{sas, CbsRequest, ManagementFault, ManagementRequest, POLICY_NAME};
 
 /// One emulator's namespace, behind an `Arc` in every endpoint task.

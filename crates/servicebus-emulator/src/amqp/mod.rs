@@ -23,8 +23,8 @@ mod subscription_link;
 mod topic_link;
 
 use super::cbs::{self, Grants};
+use super::entities::SubQueue;
 use super::node::{self, Reply};
-use super::state::SubQueue;
 use super::wire::{self, Wire};
 use super::Namespace;
 

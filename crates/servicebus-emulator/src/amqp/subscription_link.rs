@@ -19,7 +19,7 @@ use fe2o3_amqp::Sender;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
-use crate::state::{system_time, Lock, Settlement, StoredMessage};
+use crate::entities::{system_time, Lock, Settlement, StoredMessage};
 
 use crate::Namespace;
 

@@ -12,7 +12,7 @@ use fe2o3_amqp::types::messaging::{Body, Data, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::Receiver;
 
-use crate::state::StoredMessage;
+use crate::entities::StoredMessage;
 
 use super::{not_found, token_expired, unauthorized, Conn, BATCH_MESSAGE_FORMAT, IDLE_RECHECK};
 
