@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .allow_vault(VAULT)
         .name_mapping(names)
         .build();
-    let job = Job::builder(source, invalidator).spawn();
+    let job = Job::builder(source, invalidator).spawn()?;
 
     let started = Instant::now();
     let first = cache.get(CACHE_KEY).await?;

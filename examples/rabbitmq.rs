@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let first = cache.get(SECRET).await?;
     println!("read   {SECRET}: version …{}", tail(first.version()));
 
-    let config = RabbitMqConfig::instance(&url, "rabbitmq-example")?;
+    let config = RabbitMqConfig::new(&url)?.instance_prefix("rabbitmq-example")?;
     println!(
         "broker {} queue {}",
         config.redacted_uri(),
@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let invalidator = KeyVaultInvalidator::builder(cache.clone())
         .allow_vault(VAULT)
         .build();
-    let job = Job::builder(source, invalidator).spawn();
+    let job = Job::builder(source, invalidator).spawn()?;
 
     if demo {
         let v2 = vault.rotate(SECRET, "second password");

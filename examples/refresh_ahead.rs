@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let invalidator = KeyVaultInvalidator::builder(cache.clone())
         .allow_vault(VAULT)
         .build();
-    let job = Job::builder(source, invalidator).spawn();
+    let job = Job::builder(source, invalidator).spawn()?;
 
     let started = Instant::now();
     cache.get(SECRET).await?;

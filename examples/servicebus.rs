@@ -10,8 +10,11 @@
 //! Against Azure, from environment variables; runs until Ctrl-C:
 //!
 //! ```text
-//! # managed identity (or any developer login when run locally: az login, azd, ...)
+//! # the host's managed identity (a user-assigned one when AZURE_CLIENT_ID is set)
 //! SERVICEBUS_NAMESPACE=my-ns SERVICEBUS_TOPIC=keyvault-events \
+//!   cargo run --example servicebus --features servicebus
+//! # on a developer machine: your own login (az login, then azd auth login)
+//! SERVICEBUS_CREDENTIAL=developer SERVICEBUS_NAMESPACE=my-ns SERVICEBUS_TOPIC=keyvault-events \
 //!   cargo run --example servicebus --features servicebus
 //! # or a connection string (topic from its EntityPath)
 //! SERVICEBUS_CONNECTION_STRING='Endpoint=sb://...;EntityPath=keyvault-events' \
@@ -29,7 +32,9 @@
 use std::time::{Duration, Instant};
 
 use keyvault_invalidator::prelude::*;
-use keyvault_invalidator::servicebus::{ServiceBusConfig, ServiceBusSource};
+use keyvault_invalidator::servicebus::{
+    credential, ManagedIdentity, ServiceBusConfig, ServiceBusSource,
+};
 use keyvault_invalidator_testkit::servicebus_emulator::ServiceBusEmulator;
 use keyvault_invalidator_testkit::{InMemoryVault, KeyVaultEventBuilder};
 
@@ -71,18 +76,17 @@ async fn emulated() -> Result<(), Box<dyn std::error::Error>> {
     let cache = CachedSecretProvider::new(vault.clone());
     cache.get(SECRET).await?;
 
-    let config = ServiceBusConfig::connection_string(
-        &emulator.connection_string(Some("keyvault-events")),
-        "example",
-    )?
-    .management_endpoint(emulator.management_endpoint())?;
+    let config =
+        ServiceBusConfig::connection_string(&emulator.connection_string(Some("keyvault-events")))?
+            .subscription_prefix("example")?
+            .management_endpoint(emulator.management_endpoint())?;
     let source = ServiceBusSource::new(config);
     source.connect().await?;
     println!("subscription {} created", source.subscription_name());
     let invalidator = KeyVaultInvalidator::builder(cache.clone())
         .allow_vault("example-kv")
         .build();
-    let job = Job::builder(source.clone(), invalidator).spawn();
+    let job = Job::builder(source.clone(), invalidator).spawn()?;
 
     let v2 = vault.rotate(SECRET, "second password");
     let event = KeyVaultEventBuilder::secret_new_version(SECRET)
@@ -114,21 +118,23 @@ async fn emulated() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn against_azure() -> Result<(), Box<dyn std::error::Error>> {
     let config = match std::env::var("SERVICEBUS_CONNECTION_STRING") {
-        Ok(connection_string) => {
-            ServiceBusConfig::connection_string(&connection_string, "kvi-example")?
-        }
+        Ok(connection_string) => ServiceBusConfig::connection_string(&connection_string)?
+            .subscription_prefix("kvi-example")?,
         Err(_) => {
             let namespace = std::env::var("SERVICEBUS_NAMESPACE")
                 .map_err(|_| "set SERVICEBUS_NAMESPACE and SERVICEBUS_TOPIC, or SERVICEBUS_CONNECTION_STRING, or pass --emulator")?;
             let topic =
                 std::env::var("SERVICEBUS_TOPIC").unwrap_or_else(|_| "keyvault-events".to_owned());
-            let client_id = std::env::var("AZURE_CLIENT_ID").ok();
-            ServiceBusConfig::managed_identity(
-                &topic,
-                "kvi-example",
-                &namespace,
-                client_id.as_deref(),
-            )?
+            let config = if std::env::var("SERVICEBUS_CREDENTIAL").as_deref() == Ok("developer") {
+                ServiceBusConfig::with_credential(&namespace, credential::developer_tools()?)?
+            } else {
+                let identity = match std::env::var("AZURE_CLIENT_ID") {
+                    Ok(client_id) => ManagedIdentity::user_assigned(client_id),
+                    Err(_) => ManagedIdentity::SystemAssigned,
+                };
+                ServiceBusConfig::managed_identity(&namespace, identity)?
+            };
+            config.topic(&topic)?.subscription_prefix("kvi-example")?
         }
     };
     let config = match std::env::var("SERVICEBUS_SUBSCRIPTION") {
@@ -141,7 +147,7 @@ async fn against_azure() -> Result<(), Box<dyn std::error::Error>> {
     };
     let cache = CachedSecretProvider::new(InMemoryVault::new());
     let source = ServiceBusSource::new(config);
-    let job = Job::builder(source.clone(), KeyVaultInvalidator::new(cache)).spawn();
+    let job = Job::builder(source.clone(), KeyVaultInvalidator::new(cache)).spawn()?;
     println!(
         "receiving on subscription {}; Ctrl-C to stop",
         source.subscription_name()

@@ -30,7 +30,7 @@
 //! let publisher = source.publisher();
 //!
 //! let job = Job::builder(source, KeyVaultInvalidator::builder(cache.clone()).allow_vault("sample-kv").build())
-//!     .spawn();
+//!     .spawn()?;
 //!
 //! assert_eq!(cache.get("db-password").await?.value().expose_secret(), "v1");
 //! let v2 = vault.rotate("db-password", "v2");

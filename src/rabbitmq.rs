@@ -1,17 +1,18 @@
 //! The RabbitMQ transport (feature `rabbitmq`): everything from
-//! [`keyvault_invalidator_rabbitmq`], plus [`spawn_job`], the one-call setup.
+//! [`keyvault_invalidator_rabbitmq`], plus [`spawn_job`], the one-call start.
 
 pub use keyvault_invalidator_rabbitmq::*;
 
-use keyvault_invalidator_core::{Invalidator, Job, JobHandle};
+use keyvault_invalidator_core::{Invalidator, Job, JobHandle, SpawnError};
 
-/// Starts the invalidation job for this application instance: a queue of its own named
-/// `{app}-{instance id}` on the `keyvault-events` exchange (declared if missing), removed at
-/// graceful shutdown. For other settings build a [`RabbitMqConfig`] and a
-/// [`Job`] yourself.
+/// Starts the invalidation job on the queue `config` describes (by default a queue of this
+/// instance's own, `{prefix}-{instance id}`, bound to the `keyvault-events` exchange, declared
+/// if missing and removed at graceful shutdown), on the current Tokio runtime. For other job
+/// settings use [`Job::builder`] with a [`RabbitMqSource`] yourself.
 ///
 /// ```no_run
 /// use keyvault_invalidator::prelude::*;
+/// use keyvault_invalidator::rabbitmq::{self, RabbitMqConfig};
 /// # struct Vault;
 /// # #[keyvault_invalidator::async_trait]
 /// # impl SecretProvider for Vault {
@@ -19,9 +20,10 @@ use keyvault_invalidator_core::{Invalidator, Job, JobHandle};
 /// # }
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cache = CachedSecretProvider::new(Vault);
-/// let job = keyvault_invalidator::rabbitmq::spawn_job(
-///     "amqps://app:password@rabbitmq:5671/%2f",
-///     "orders-api",
+/// let config = RabbitMqConfig::new("amqps://app:password@rabbitmq:5671/%2f")?
+///     .instance_prefix("orders-api")?;
+/// let job = rabbitmq::spawn_job(
+///     config,
 ///     KeyVaultInvalidator::builder(cache.clone()).allow_vault("orders-kv").build(),
 /// )?;
 /// // ... the application runs, reading secrets through `cache` ...
@@ -29,10 +31,8 @@ use keyvault_invalidator_core::{Invalidator, Job, JobHandle};
 /// # Ok(()) }
 /// ```
 pub fn spawn_job<I: Invalidator + 'static>(
-    uri: &str,
-    app: &str,
+    config: RabbitMqConfig,
     invalidator: I,
-) -> Result<JobHandle, ConfigError> {
-    let config = RabbitMqConfig::instance(uri, app)?;
-    Ok(Job::builder(RabbitMqSource::new(config), invalidator).spawn())
+) -> Result<JobHandle, SpawnError> {
+    Job::builder(RabbitMqSource::new(config), invalidator).spawn()
 }

@@ -57,7 +57,10 @@ where
     let invalidator = KeyVaultInvalidator::builder(cache)
         .allow_vault(VAULT)
         .build();
-    Job::builder(source, invalidator).name("bench").spawn()
+    Job::builder(source, invalidator)
+        .name("bench")
+        .spawn()
+        .expect("a Tokio runtime")
 }
 
 /// Offers `sizes.rate` events per second for `sizes.seconds` through a fresh job, and records
@@ -176,11 +179,13 @@ async fn engine_throughput(count: usize, mode: RefreshMode) -> f64 {
 pub async fn rabbitmq(url: &str, sizes: Sizes) -> Result<TransportResult, String> {
     let exchange = format!("kvi-bench-{}", std::process::id());
     let config = |run: &str| {
-        RabbitMqConfig::instance(url, &format!("kvi-bench-{run}"))
+        RabbitMqConfig::new(url)
+            .and_then(|c| c.instance_prefix(&format!("kvi-bench-{run}")))
             .map(|config| {
                 config
                     .exchange(&exchange)
-                    .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"))
+                    .dead_letter_exchange(&format!("{exchange}-dlx"))
+                    .dead_letter_queue(&format!("{exchange}-dlq"))
             })
             .map_err(|error| error.to_string())
     };
@@ -241,12 +246,11 @@ pub async fn servicebus_emulator(sizes: Sizes) -> Result<Vec<TransportResult>, S
         let emulator = emulator.clone();
         let run = run.to_owned();
         async move {
-            let config = ServiceBusConfig::connection_string(
-                &emulator.connection_string(Some(topic)),
-                &format!("bench-{run}"),
-            )
-            .and_then(|config| config.management_endpoint(emulator.management_endpoint()))
-            .map_err(|error| error.to_string())?;
+            let config =
+                ServiceBusConfig::connection_string(&emulator.connection_string(Some(topic)))
+                    .and_then(|c| c.subscription_prefix(&format!("bench-{run}")))
+                    .and_then(|config| config.management_endpoint(emulator.management_endpoint()))
+                    .map_err(|error| error.to_string())?;
             let config = match prefetch {
                 Some(prefetch) => config.prefetch(prefetch),
                 None => config,

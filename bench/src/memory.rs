@@ -41,13 +41,13 @@ pub async fn probe(secrets: usize) -> Option<MemoryResult> {
     let baseline = resident_kib()?;
 
     let vault = InMemoryVault::new();
-    let options = CacheOptions {
-        max_capacity: secrets as u64,
-        ..CacheOptions::default()
-    };
+    let mut options = CacheOptions::default();
+    options.max_capacity = secrets as u64;
     let cache = CachedSecretProvider::with_options(vault.clone(), options);
     let source = InMemoryEventSource::new();
-    let job = Job::builder(source, KeyVaultInvalidator::new(cache.clone())).spawn();
+    let job = Job::builder(source, KeyVaultInvalidator::new(cache.clone()))
+        .spawn()
+        .expect("a Tokio runtime");
     settle().await;
     let with_job = resident_kib()?;
 

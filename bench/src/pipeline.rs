@@ -49,11 +49,9 @@ impl Fleet {
     /// to hold them all.
     pub async fn with_mode(count: usize, mode: RefreshMode) -> Fleet {
         let vault = InMemoryVault::new();
-        let options = CacheOptions {
-            mode,
-            max_capacity: count as u64,
-            ..CacheOptions::default()
-        };
+        let mut options = CacheOptions::default();
+        options.mode = mode;
+        options.max_capacity = count as u64;
         let cache = CachedSecretProvider::with_options(vault.clone(), options);
         let mut events = Vec::with_capacity(count);
         for index in 0..count {

@@ -14,6 +14,7 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(15 * 60);
 
 /// What the cache does when told that a secret has a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RefreshMode {
     /// Load the new version in the background (one provider call however many readers) and
     /// swap it in; readers keep getting the previous value until then and never wait for the
@@ -26,6 +27,7 @@ pub enum RefreshMode {
 
 /// The cache's settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CacheOptions {
     /// Invalidate or refresh ahead. Default [`RefreshMode::RefreshAhead`].
     pub mode: RefreshMode,

@@ -55,6 +55,7 @@ impl HitCounter {
 
 /// The cache's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Reads served from the cache.
     pub hits: u64,
@@ -109,6 +110,7 @@ impl Counters {
 
 /// What the cache holds for one secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SecretInfo {
     /// The cache key (the name, lower-cased).
     pub key: String,

@@ -37,7 +37,8 @@ async fn a_rotation_event_refreshes_the_cache_once_before_the_message_is_complet
             .allow_vault("prod-kv")
             .build(),
     )
-    .spawn();
+    .spawn()
+    .expect("a Tokio runtime");
 
     let v2 = vault.rotate("db-password", "v2");
     for n in 0..3 {
@@ -65,7 +66,9 @@ async fn a_critical_provider_error_is_dead_lettered_with_its_description() {
     cache.get("db-password").await.unwrap();
     let source = InMemoryEventSource::new();
     let publisher = source.publisher();
-    let job = Job::builder(source, KeyVaultInvalidator::new(cache.clone())).spawn();
+    let job = Job::builder(source, KeyVaultInvalidator::new(cache.clone()))
+        .spawn()
+        .expect("a Tokio runtime");
 
     let v2 = vault.rotate("db-password", "v2");
     vault.fail_next(1, ProviderErrorKind::AccessDenied);
@@ -116,6 +119,7 @@ impl<P: SecretProvider + 'static> EventSource for Observed<P> {
             Settlement::Complete => "complete",
             Settlement::Abandon => "abandon",
             Settlement::DeadLetter { .. } => "dead-letter",
+            other => panic!("a settlement this test does not know: {other:?}"),
         };
         let cached_version = self
             .cache
@@ -170,7 +174,8 @@ async fn rotation<P: SecretProvider + 'static>(
     let job = Job::builder(observed, KeyVaultInvalidator::new(cache.clone()))
         .retry_backoff(job_backoff)
         .max_attempts(4)
-        .spawn();
+        .spawn()
+        .expect("a Tokio runtime");
     Rotation {
         vault,
         cache,
@@ -388,7 +393,8 @@ async fn one_name_mapping_serves_the_reader_and_the_event() {
             .name_mapping(names)
             .build(),
     )
-    .spawn();
+    .spawn()
+    .expect("a Tokio runtime");
 
     let v2 = vault.rotate("ServiceBus--ConnectionString", "second");
     publisher.publish("m1", event("ServiceBus--ConnectionString", &v2));

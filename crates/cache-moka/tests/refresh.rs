@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use keyvault_invalidator_core::secrecy::ExposeSecret;
 use keyvault_invalidator_core::{NewVersion, ProviderErrorKind, SecretCache};
-use keyvault_invalidator_moka::{CachedSecretProvider, RefreshMode, SecretInfo};
+use keyvault_invalidator_moka::{CachedSecretProvider, RefreshMode};
 use keyvault_invalidator_testkit::InMemoryVault;
 use tokio::time::Instant;
 
@@ -130,10 +130,7 @@ async fn an_event_from_before_the_cached_version_was_created_changes_nothing() {
     assert_eq!(value(&cache.get("db-password").await.unwrap()), "v3");
 
     // The v2 event arrives late; this instance never held v2, but the event predates v3.
-    let late = NewVersion {
-        version: Some(missed),
-        event_time: Some(Utc::now() - chrono::Duration::minutes(5)),
-    };
+    let late = NewVersion::to(missed).at(Utc::now() - chrono::Duration::minutes(5));
     cache.new_version("db-password", &late).await.unwrap();
 
     assert_eq!(vault.calls("db-password"), 1);
@@ -392,14 +389,15 @@ async fn a_value_past_its_time_to_live_is_served_while_one_background_call_refre
 async fn per_secret_numbers_show_version_age_and_overdue_time() {
     let (vault, cache) = warm().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let info = cache.secret_info("db-password").await.unwrap();
     assert_eq!(
-        cache.secret_info("db-password").await,
-        Some(SecretInfo {
-            key: "db-password".to_owned(),
-            version: vault.current_version("db-password"),
-            age: Duration::from_secs(5),
-            overdue: None,
-        })
+        (info.key.as_str(), info.version, info.age, info.overdue),
+        (
+            "db-password",
+            vault.current_version("db-password"),
+            Duration::from_secs(5),
+            None
+        )
     );
 
     let v2 = vault.rotate("db-password", "v2");
@@ -423,10 +421,7 @@ async fn a_lagging_answer_created_before_the_event_is_older_and_the_events_versi
     vault.rotate("db-password", "v2");
     let v3 = vault.rotate("db-password", "v3");
     vault.lag_next(1);
-    let change = NewVersion {
-        version: Some(v3.clone()),
-        event_time: Some(Utc::now() + chrono::Duration::seconds(1)),
-    };
+    let change = NewVersion::to(v3.clone()).at(Utc::now() + chrono::Duration::seconds(1));
 
     cache.new_version("db-password", &change).await.unwrap();
 
@@ -451,10 +446,7 @@ async fn a_version_created_after_the_event_is_newer_and_is_kept_without_reading_
     let event_time = Utc::now();
     std::thread::sleep(Duration::from_millis(5));
     let v3 = vault.rotate("db-password", "v3");
-    let change = NewVersion {
-        version: Some(v2),
-        event_time: Some(event_time),
-    };
+    let change = NewVersion::to(v2).at(event_time);
 
     cache.new_version("db-password", &change).await.unwrap();
 

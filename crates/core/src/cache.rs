@@ -39,6 +39,7 @@ impl<C: SecretCache + ?Sized> SecretCache for std::sync::Arc<C> {
 
 /// What an event says about a new version of a secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewVersion {
     /// The new version's id, when the event named it.
     pub version: Option<String>,
@@ -56,11 +57,32 @@ impl NewVersion {
             event_time: None,
         }
     }
+
+    /// A change to a version the event did not name.
+    pub fn unnamed() -> Self {
+        NewVersion::default()
+    }
+
+    /// Sets when the event says the change happened.
+    ///
+    /// ```
+    /// use chrono::{TimeZone, Utc};
+    /// use keyvault_invalidator_core::NewVersion;
+    ///
+    /// let at = Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap();
+    /// let change = NewVersion::to("3f2a").at(at);
+    /// assert_eq!((change.version.as_deref(), change.event_time), (Some("3f2a"), Some(at)));
+    /// ```
+    pub fn at(mut self, event_time: DateTime<Utc>) -> Self {
+        self.event_time = Some(event_time);
+        self
+    }
 }
 
 /// Why a cache could not be changed.
 #[derive(Debug, thiserror::Error)]
 #[error("cache entry `{key}`: {message}")]
+#[non_exhaustive]
 pub struct CacheError {
     /// The key being changed.
     pub key: String,

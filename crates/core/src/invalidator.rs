@@ -34,6 +34,7 @@ impl<I: Invalidator + ?Sized> Invalidator for Box<I> {
 
 /// What an [`Invalidator`] did with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// These cache keys were invalidated.
     Invalidated {
@@ -82,6 +83,7 @@ impl fmt::Display for IgnoreReason {
 /// Why an [`Invalidator`] failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
+#[non_exhaustive]
 pub struct InvalidationError {
     /// What happened.
     pub message: String,

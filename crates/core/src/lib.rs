@@ -36,7 +36,10 @@ pub use cache::{CacheError, NewVersion, SecretCache};
 pub use connect::ConnectSlot;
 pub use event::{parse_events, Event, EventKind, KeyVaultEvent, KeyVaultEventType, ParseError};
 pub use invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
-pub use job::{Backoff, Job, JobBuilder, JobError, JobHandle, JobOptions, JobState, StatsSnapshot};
+pub use job::{
+    Backoff, EnginePanic, Job, JobBuilder, JobError, JobHandle, JobMonitor, JobOptions, JobRun,
+    JobState, SpawnError, StatsSnapshot,
+};
 pub use keyvault::{KeyVaultInvalidator, KeyVaultInvalidatorBuilder};
 pub use names::{MappedNames, NameMapping};
 pub use provider::{ProviderError, ProviderErrorKind, Secret, SecretProvider};

@@ -183,6 +183,7 @@ impl fmt::Debug for Secret {
 /// Why a secret could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("secret `{name}`: {kind}: {message}")]
+#[non_exhaustive]
 pub struct ProviderError {
     /// The secret asked for.
     pub name: String,

@@ -78,6 +78,22 @@ impl<S: EventSource + ?Sized> EventSource for Box<S> {
 }
 
 /// One message as the transport delivered it.
+///
+/// Sources build one with [`Delivery::new`] and the `with_*` methods (fields may be added, so
+/// there is no struct literal outside this crate); everyone reads the fields.
+///
+/// ```
+/// use keyvault_invalidator_core::{Bytes, Delivery, DeliveryToken};
+///
+/// let delivery = Delivery::new(Bytes::from_static(b"[]"), DeliveryToken::new(7u64))
+///     .with_message_id("m-1")
+///     .with_delivery_count(2)
+///     .with_property("aeg-event-type", "Notification");
+/// assert_eq!(delivery.message_id.as_deref(), Some("m-1"));
+/// assert_eq!(delivery.delivery_count, 2);
+/// assert_eq!(delivery.properties["aeg-event-type"], "Notification");
+/// ```
+#[non_exhaustive]
 pub struct Delivery {
     /// The message body: the event payload.
     pub body: Bytes,
@@ -90,6 +106,44 @@ pub struct Delivery {
     pub delivery_count: u32,
     /// What settles this delivery.
     pub token: DeliveryToken,
+}
+
+impl Delivery {
+    /// A first delivery (count 1) of `body`, settled through `token`, with no properties and no
+    /// message id.
+    pub fn new(body: Bytes, token: DeliveryToken) -> Self {
+        Delivery {
+            body,
+            properties: BTreeMap::new(),
+            message_id: None,
+            delivery_count: 1,
+            token,
+        }
+    }
+
+    /// Sets the transport's message id.
+    pub fn with_message_id(mut self, message_id: impl Into<String>) -> Self {
+        self.message_id = Some(message_id.into());
+        self
+    }
+
+    /// Sets how many times the message has been delivered, this time included.
+    pub fn with_delivery_count(mut self, delivery_count: u32) -> Self {
+        self.delivery_count = delivery_count;
+        self
+    }
+
+    /// Replaces the transport properties.
+    pub fn with_properties(mut self, properties: BTreeMap<String, String>) -> Self {
+        self.properties = properties;
+        self
+    }
+
+    /// Adds (or replaces) one transport property.
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
 }
 
 impl fmt::Debug for Delivery {
@@ -139,12 +193,15 @@ impl fmt::Debug for DeliveryToken {
 
 /// How a delivery ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Settlement {
     /// Done: remove the message.
     Complete,
     /// Not done: make the message available again (with a higher delivery count).
     Abandon,
-    /// Never going to work: move the message aside for a person to look at.
+    /// Never going to work: move the message aside for a person to look at. Built with
+    /// [`Settlement::dead_letter`].
+    #[non_exhaustive]
     DeadLetter {
         /// A short machine-readable reason (see [`DeadLetterReason`]).
         reason: String,
@@ -155,9 +212,30 @@ pub enum Settlement {
 
 impl Settlement {
     /// A dead-letter settlement with one of the job's reasons.
+    ///
+    /// ```
+    /// use keyvault_invalidator_core::{DeadLetterReason, Settlement};
+    ///
+    /// let settlement = Settlement::dead_letter(DeadLetterReason::MalformedPayload, "not JSON");
+    /// match settlement {
+    ///     Settlement::DeadLetter { reason, description, .. } => {
+    ///         assert_eq!((reason.as_str(), description.as_str()), ("MalformedPayload", "not JSON"));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
     pub fn dead_letter(reason: DeadLetterReason, description: impl Into<String>) -> Self {
+        Self::dead_letter_with_reason(reason.as_str(), description)
+    }
+
+    /// A dead-letter settlement with a reason of the application's own (a custom
+    /// [`Invalidator`](crate::Invalidator) or source, say).
+    pub fn dead_letter_with_reason(
+        reason: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
         Settlement::DeadLetter {
-            reason: reason.as_str().to_owned(),
+            reason: reason.into(),
             description: description.into(),
         }
     }
@@ -165,6 +243,7 @@ impl Settlement {
 
 /// The reasons the job dead-letters with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DeadLetterReason {
     /// The body is not a readable event payload.
     MalformedPayload,
@@ -192,8 +271,12 @@ impl fmt::Display for DeadLetterReason {
 }
 
 /// What went wrong in a transport.
+///
+/// Built with [`SourceError::transient`], [`fatal`](SourceError::fatal) and the other
+/// constructors; fields may be added, so there is no struct literal outside this crate.
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}: {message}")]
+#[non_exhaustive]
 pub struct SourceError {
     /// Whether waiting helps.
     pub kind: SourceErrorKind,
@@ -246,6 +329,21 @@ impl SourceError {
         self
     }
 
+    /// Whether trying again, after a pause, may succeed: a [`Transient`](SourceErrorKind::Transient)
+    /// error. A lost settlement is not retried by the caller (the message comes back by
+    /// itself), and fatal or closed never clear up.
+    ///
+    /// ```
+    /// use keyvault_invalidator_core::SourceError;
+    ///
+    /// assert!(SourceError::transient("connection reset").is_retryable());
+    /// assert!(!SourceError::fatal("login refused").is_retryable());
+    /// assert!(!SourceError::settlement_lost("lock expired").is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        self.kind == SourceErrorKind::Transient
+    }
+
     /// Records that the service asked for at least `delay` before the next attempt.
     ///
     /// ```
@@ -264,6 +362,7 @@ impl SourceError {
 
 /// The classes of [`SourceError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SourceErrorKind {
     /// Retry after a pause.
     Transient,

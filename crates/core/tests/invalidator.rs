@@ -20,10 +20,7 @@ const EVENT_TIME: &str = "2019-07-25T01:08:33.1036736Z";
 
 fn expect_one_new_version(key: &'static str) -> MockSecretCache {
     let mut cache = MockSecretCache::new();
-    let expected = NewVersion {
-        version: Some(VERSION.to_owned()),
-        event_time: Some(EVENT_TIME.parse().unwrap()),
-    };
+    let expected = NewVersion::to(VERSION).at(EVENT_TIME.parse().unwrap());
     cache
         .expect_new_version()
         .withf(move |k, change| k == key && *change == expected)

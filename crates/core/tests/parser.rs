@@ -79,19 +79,13 @@ fn parse_err(body: &[u8]) -> ParseError {
 
 /// The error an event at `index` with the builder's id produces.
 fn event_error(index: usize, kind: ParseErrorKind) -> ParseError {
-    ParseError {
-        index: Some(index),
-        event_id: Some(EVENT_ID.to_owned()),
-        kind,
-    }
+    ParseError::payload(kind)
+        .at_index(index)
+        .for_event_id(EVENT_ID)
 }
 
 fn payload_error(kind: ParseErrorKind) -> ParseError {
-    ParseError {
-        index: None,
-        event_id: None,
-        kind,
-    }
+    ParseError::payload(kind)
 }
 
 /// The secret event every default `secret_new_version("db-password")` payload must give.
@@ -851,11 +845,7 @@ fn string_wrapping_is_undone_once_only() {
     let twice = serde_json::to_vec(&Value::String(once.to_string())).unwrap();
     assert_eq!(
         parse_err(&twice),
-        ParseError {
-            index: Some(0),
-            event_id: None,
-            kind: ParseErrorKind::NotAnObject { found: "a string" },
-        }
+        ParseError::payload(ParseErrorKind::NotAnObject { found: "a string" }).at_index(0)
     );
 }
 
@@ -863,11 +853,7 @@ fn string_wrapping_is_undone_once_only() {
 fn a_json_string_that_is_not_an_event() {
     assert_eq!(
         parse_err(br#""hello""#),
-        ParseError {
-            index: Some(0),
-            event_id: None,
-            kind: ParseErrorKind::NotAnObject { found: "a string" },
-        }
+        ParseError::payload(ParseErrorKind::NotAnObject { found: "a string" }).at_index(0)
     );
 }
 
@@ -1050,6 +1036,7 @@ fn three_names(schema: EventSchema) -> Value {
     let event = match schema {
         EventSchema::EventGrid => builder.event_grid(),
         EventSchema::CloudEvents => builder.cloud_event(),
+        other => unreachable!("no builder for {other:?}"),
     };
     let event = with_data(event, "ObjectName", json!("from-object-name"));
     with_field(event, "subject", json!("from-subject"))
@@ -1709,11 +1696,7 @@ fn non_object_array_elements() {
         let error = parse_err(&payload);
         assert_eq!(
             error,
-            ParseError {
-                index: Some(1),
-                event_id: None,
-                kind: ParseErrorKind::NotAnObject { found },
-            },
+            ParseError::payload(ParseErrorKind::NotAnObject { found }).at_index(1),
             "{element}"
         );
         assert_eq!(
@@ -1724,11 +1707,7 @@ fn non_object_array_elements() {
     // A top-level scalar is event 0.
     assert_eq!(
         parse_err(b"42"),
-        ParseError {
-            index: Some(0),
-            event_id: None,
-            kind: ParseErrorKind::NotAnObject { found: "a number" },
-        }
+        ParseError::payload(ParseErrorKind::NotAnObject { found: "a number" }).at_index(0)
     );
 }
 
@@ -1741,11 +1720,9 @@ fn the_first_bad_event_is_reported() {
     ]);
     assert_eq!(
         parse_err(&payload),
-        ParseError {
-            index: Some(1),
-            event_id: Some("no-type".to_owned()),
-            kind: ParseErrorKind::UnknownEnvelope,
-        }
+        ParseError::payload(ParseErrorKind::UnknownEnvelope)
+            .at_index(1)
+            .for_event_id("no-type".to_owned())
     );
 }
 
@@ -1760,17 +1737,15 @@ fn error_display_names_the_index_and_the_event_id() {
     let error = parse_err(&payload);
     assert_eq!(
         error,
-        ParseError {
-            index: Some(1),
-            event_id: Some("evt-2".to_owned()),
-            kind: ParseErrorKind::InvalidObjectName {
-                field: "data.Id",
-                reason: InvalidObjectName::InvalidCharacter {
-                    position: 2,
-                    length: 11
-                },
+        ParseError::payload(ParseErrorKind::InvalidObjectName {
+            field: "data.Id",
+            reason: InvalidObjectName::InvalidCharacter {
+                position: 2,
+                length: 11
             },
-        }
+        })
+        .at_index(1)
+        .for_event_id("evt-2".to_owned())
     );
     assert_eq!(
         error.to_string(),
@@ -1787,11 +1762,9 @@ fn long_and_odd_event_ids_are_shortened_and_escaped_in_errors() {
     let shown = format!("{}…", "x".repeat(64));
     assert_eq!(
         error,
-        ParseError {
-            index: Some(0),
-            event_id: Some(shown.clone()),
-            kind: ParseErrorKind::MissingField { field: "eventType" },
-        }
+        ParseError::payload(ParseErrorKind::MissingField { field: "eventType" })
+            .at_index(0)
+            .for_event_id(shown.clone())
     );
     assert_eq!(
         error.to_string(),
@@ -1854,15 +1827,12 @@ fn invalid_field_types_are_described_without_their_values() {
     let error = parse_err(&body(&event));
     assert_eq!(
         error,
-        ParseError {
-            index: Some(0),
-            event_id: None,
-            kind: ParseErrorKind::InvalidField {
-                field: "id",
-                expected: "a string",
-                found: "an object",
-            },
-        }
+        ParseError::payload(ParseErrorKind::InvalidField {
+            field: "id",
+            expected: "a string",
+            found: "an object",
+        })
+        .at_index(0)
     );
     assert_eq!(
         error.to_string(),
@@ -1899,11 +1869,7 @@ fn event_grid_missing_id() {
         let error = parse_err(&body(&event));
         assert_eq!(
             error,
-            ParseError {
-                index: Some(0),
-                event_id: None,
-                kind: ParseErrorKind::MissingField { field: "id" },
-            },
+            ParseError::payload(ParseErrorKind::MissingField { field: "id" }).at_index(0),
             "{id:?}"
         );
         assert_eq!(
@@ -1945,11 +1911,7 @@ fn an_object_without_event_type_or_specversion_is_an_unknown_envelope() {
     );
     assert_eq!(
         parse_err(b"{}"),
-        ParseError {
-            index: Some(0),
-            event_id: None,
-            kind: ParseErrorKind::UnknownEnvelope,
-        }
+        ParseError::payload(ParseErrorKind::UnknownEnvelope).at_index(0)
     );
 }
 
@@ -1964,10 +1926,10 @@ fn cloud_event_missing_required_attributes() {
             let error = parse_err(&body(&event));
             assert_eq!(
                 error,
-                ParseError {
-                    index: Some(0),
-                    event_id: (field != "id").then(|| EVENT_ID.to_owned()),
-                    kind: ParseErrorKind::MissingField { field },
+                if field == "id" {
+                    ParseError::payload(ParseErrorKind::MissingField { field }).at_index(0)
+                } else {
+                    event_error(0, ParseErrorKind::MissingField { field })
                 },
                 "{field} {value:?}"
             );

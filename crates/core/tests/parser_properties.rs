@@ -159,6 +159,7 @@ fn build(builder: &KeyVaultEventBuilder, schema: EventSchema) -> Value {
     match schema {
         EventSchema::EventGrid => builder.event_grid(),
         EventSchema::CloudEvents => builder.cloud_event(),
+        other => unreachable!("no builder for {other:?}"),
     }
 }
 
@@ -274,11 +275,7 @@ proptest! {
         match (count, &result) {
             (Some(0), _) => prop_assert_eq!(
                 &result,
-                &Err(ParseError {
-                    index: None,
-                    event_id: None,
-                    kind: ParseErrorKind::EmptyArray,
-                })
+                &Err(ParseError::payload(ParseErrorKind::EmptyArray))
             ),
             (Some(count), Ok(events)) => prop_assert_eq!(events.len(), count),
             (Some(count), Err(error)) => {
@@ -373,6 +370,7 @@ fn assert_invalid_json(result: Result<Vec<keyvault_invalidator_core::Event>, Par
             index: None,
             event_id: None,
             kind: ParseErrorKind::InvalidJson { detail },
+            ..
         }) => assert!(
             detail.starts_with("recursion limit exceeded"),
             "unexpected detail {detail:?}"
@@ -460,16 +458,12 @@ proptest! {
         if depth == 1 {
             prop_assert_eq!(
                 result,
-                Err(ParseError { index: None, event_id: None, kind: ParseErrorKind::EmptyArray })
+                Err(ParseError::payload(ParseErrorKind::EmptyArray))
             );
         } else if depth <= MAX_DEPTH {
             prop_assert_eq!(
                 result,
-                Err(ParseError {
-                    index: Some(0),
-                    event_id: None,
-                    kind: ParseErrorKind::NotAnObject { found: "an array" },
-                })
+                Err(ParseError::payload(ParseErrorKind::NotAnObject { found: "an array" }).at_index(0))
             );
         } else {
             assert_invalid_json(result);
@@ -485,7 +479,7 @@ proptest! {
         if depth <= MAX_DEPTH {
             prop_assert_eq!(
                 result,
-                Err(ParseError { index: Some(0), event_id: None, kind: ParseErrorKind::UnknownEnvelope })
+                Err(ParseError::payload(ParseErrorKind::UnknownEnvelope).at_index(0))
             );
         } else {
             assert_invalid_json(result);
@@ -636,17 +630,13 @@ proptest! {
             .expect_err("an invalid name is refused");
         prop_assert_eq!(
             &error,
-            &ParseError {
-                index: Some(0),
-                event_id: Some(EVENT_ID.to_owned()),
-                kind: ParseErrorKind::InvalidObjectName {
+            &ParseError::payload(ParseErrorKind::InvalidObjectName {
                     field: if include_id { "data.Id" } else { "data.ObjectName" },
                     reason: InvalidObjectName::InvalidCharacter {
                         position: prefix.len(),
                         length: name.len(),
                     },
-                },
-            }
+                }).at_index(0).for_event_id(EVENT_ID.to_owned())
         );
         prop_assert!(!error.to_string().contains(&name), "{}", error);
     }

@@ -161,19 +161,19 @@ fn reference(envelope: &Map<String, Value>) -> Option<Result<Vec<Event>, ParseEr
     let event_id = shown_id(&normalised);
     let sdk_input = sanitise_for_sdk(normalised, version);
     let Ok(event) = serde_json::from_value::<cloudevents::Event>(Value::Object(sdk_input)) else {
-        return Some(Err(ParseError {
-            index: Some(0),
-            event_id,
-            kind: INVALID_CLOUD_EVENT,
+        let error = ParseError::payload(INVALID_CLOUD_EVENT).at_index(0);
+        return Some(Err(match event_id {
+            Some(id) => error.for_event_id(id),
+            None => error,
         }));
     };
     let body = serde_json::to_vec(&sdk_event_as_event_grid(event)).unwrap();
     Some(parse_events(&body).map(|events| {
         events
             .into_iter()
-            .map(|event| Event {
-                schema: EventSchema::CloudEvents,
-                ..event
+            .map(|mut event| {
+                event.schema = EventSchema::CloudEvents;
+                event
             })
             .collect()
     }))

@@ -10,6 +10,8 @@ use rand::Rng;
 
 /// The exchange Key Vault events are published to, by default.
 pub const DEFAULT_EXCHANGE: &str = "keyvault-events";
+/// The prefix of an instance queue's name unless [`RabbitMqConfig::instance_prefix`] sets one.
+pub const DEFAULT_QUEUE_PREFIX: &str = "keyvault-invalidator";
 /// The dead-letter exchange (and queue) declared alongside, by default.
 pub const DEFAULT_DEAD_LETTER: &str = "keyvault-events.dead-letter";
 /// How long an instance queue survives without a consumer: the safety net for crashed instances.
@@ -20,6 +22,7 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the source consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum QueueMode {
     /// A queue of this instance's own, `{prefix}-{instance id}`, bound to the exchange: every
     /// instance gets its own copy of every event, like a Service Bus subscription per instance.
@@ -47,19 +50,24 @@ pub enum QueueMode {
 /// Plain `amqp://` sends the user name and password in clear (AMQP's PLAIN login), so it is
 /// accepted only for a loopback host (`127.0.0.0/8`, `::1`, `localhost`): a broker on the same
 /// machine or in a sidecar. Anything else needs `amqps://`, or the application opting in by name
-/// with [`instance_allowing_insecure_endpoint`](Self::instance_allowing_insecure_endpoint) or
-/// [`existing_queue_allowing_insecure_endpoint`](Self::existing_queue_allowing_insecure_endpoint)
-/// (a private network it trusts, a test broker in a container).
+/// with [`new_allowing_insecure_endpoint`](Self::new_allowing_insecure_endpoint) (a private
+/// network it trusts, a test broker in a container).
 ///
 /// ```
 /// use keyvault_invalidator_rabbitmq::RabbitMqConfig;
 ///
-/// let config = RabbitMqConfig::instance("amqp://guest:guest@127.0.0.1:5672/%2f", "orders-api")?
+/// let config = RabbitMqConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")?
+///     .instance_prefix("orders-api")?
 ///     .prefetch(32);
 /// assert!(config.queue_name().starts_with("orders-api-"));
 /// assert!(!format!("{config:?}").contains("guest:guest"), "credentials never print");
 ///
-/// let error = RabbitMqConfig::instance("amqp://app:pw@rabbit.internal:5672/%2f", "orders-api").unwrap_err();
+/// let shared = RabbitMqConfig::new("amqps://app:pw@rabbit.internal:5671/%2f")?
+///     .existing_queue("keyvault-events.orders")?;
+/// assert_eq!(shared.queue_name(), "keyvault-events.orders");
+///
+/// let error = RabbitMqConfig::new("amqp://app:pw@rabbit.internal:5672/%2f").unwrap_err();
+/// assert_eq!(error.argument, "uri");
 /// assert!(error.to_string().starts_with("invalid RabbitMQ configuration: `uri` uses plain amqp://"));
 /// assert!(!error.to_string().contains("pw"));
 /// # Ok::<(), keyvault_invalidator_rabbitmq::ConfigError>(())
@@ -108,52 +116,81 @@ impl fmt::Debug for SecretUri {
     }
 }
 
-/// A configuration mistake, caught before anything connects.
+/// A configuration mistake, caught before anything connects. The message names the argument and
+/// never repeats the URI's password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid RabbitMQ configuration: {0}")]
-pub struct ConfigError(String);
+#[error("invalid RabbitMQ configuration: `{argument}` {problem}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The argument, as the configuration names it (`uri`, `prefix`, `queue`...).
+    pub argument: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(argument: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            argument,
+            problem: problem.into(),
+        }
+    }
+}
 
 impl RabbitMqConfig {
-    /// Consume through a queue of this instance's own, named `{prefix}-{instance id}`.
-    /// `amqp://` is refused unless the host is loopback (see the type's docs).
-    pub fn instance(uri: &str, prefix: &str) -> Result<Self, ConfigError> {
-        Self::new(uri, instance_mode(prefix)?, false)
+    /// Connect to the broker at `uri` and consume through a queue of this instance's own, named
+    /// `{prefix}-{instance id}` with the prefix [`DEFAULT_QUEUE_PREFIX`] unless
+    /// [`instance_prefix`](Self::instance_prefix) sets one, or from an
+    /// [`existing_queue`](Self::existing_queue). `amqp://` is refused unless the host is
+    /// loopback (see the type's docs).
+    pub fn new(uri: &str) -> Result<Self, ConfigError> {
+        Self::with_uri(uri, false)
     }
 
-    /// Consume from an existing queue that infrastructure declared. `amqp://` is refused unless
-    /// the host is loopback (see the type's docs).
-    pub fn existing_queue(uri: &str, queue: &str) -> Result<Self, ConfigError> {
-        Self::new(uri, existing_mode(queue)?, false)
-    }
-
-    /// [`instance`](Self::instance), also accepting plain `amqp://` to a host that is not
-    /// loopback: the application's explicit choice to send the password unencrypted, over a
-    /// network it trusts.
+    /// [`new`](Self::new), also accepting plain `amqp://` to a host that is not loopback: the
+    /// application's explicit choice to send the password unencrypted, over a network it trusts.
     ///
     /// ```
     /// use keyvault_invalidator_rabbitmq::RabbitMqConfig;
     ///
-    /// let config = RabbitMqConfig::instance_allowing_insecure_endpoint(
-    ///     "amqp://app:pw@rabbitmq:5672/%2f", // the broker's service name in docker compose
-    ///     "orders-api",
-    /// )?;
+    /// // The broker's service name in docker compose.
+    /// let config = RabbitMqConfig::new_allowing_insecure_endpoint("amqp://app:pw@rabbitmq:5672/%2f")?
+    ///     .instance_prefix("orders-api")?;
     /// assert!(config.allows_insecure_endpoint());
     /// # Ok::<(), keyvault_invalidator_rabbitmq::ConfigError>(())
     /// ```
-    pub fn instance_allowing_insecure_endpoint(
-        uri: &str,
-        prefix: &str,
-    ) -> Result<Self, ConfigError> {
-        Self::new(uri, instance_mode(prefix)?, true)
+    pub fn new_allowing_insecure_endpoint(uri: &str) -> Result<Self, ConfigError> {
+        Self::with_uri(uri, true)
     }
 
-    /// [`existing_queue`](Self::existing_queue), also accepting plain `amqp://` to a host that
-    /// is not loopback, as [`instance_allowing_insecure_endpoint`](Self::instance_allowing_insecure_endpoint).
-    pub fn existing_queue_allowing_insecure_endpoint(
-        uri: &str,
-        queue: &str,
-    ) -> Result<Self, ConfigError> {
-        Self::new(uri, existing_mode(queue)?, true)
+    /// Consume through a queue of this instance's own, `{prefix}-{instance id}`, bound to the
+    /// exchange (replacing an [`existing_queue`](Self::existing_queue)).
+    pub fn instance_prefix(mut self, prefix: &str) -> Result<Self, ConfigError> {
+        let prefix = non_blank("prefix", prefix)?.to_owned();
+        self.mode = match self.mode {
+            QueueMode::Instance {
+                binding_key,
+                idle_expiry,
+                ..
+            } => QueueMode::Instance {
+                prefix,
+                binding_key,
+                idle_expiry,
+            },
+            _ => instance_mode(prefix),
+        };
+        self.check_queue_name()?;
+        Ok(self)
+    }
+
+    /// Consume from an existing queue that infrastructure declared; instances compete for its
+    /// messages.
+    pub fn existing_queue(mut self, queue: &str) -> Result<Self, ConfigError> {
+        self.mode = QueueMode::Existing {
+            queue: non_blank("queue", queue)?.to_owned(),
+        };
+        self.check_queue_name()?;
+        Ok(self)
     }
 
     /// Whether the application opted in to plain `amqp://` to a host that is not loopback.
@@ -161,35 +198,40 @@ impl RabbitMqConfig {
         self.insecure_endpoint_allowed
     }
 
-    fn new(uri: &str, mode: QueueMode, allow_insecure: bool) -> Result<Self, ConfigError> {
-        let uri = uri.trim();
+    fn with_uri(uri: &str, allow_insecure: bool) -> Result<Self, ConfigError> {
+        let uri = non_blank("uri", uri)?;
         let parsed = url::Url::parse(uri).map_err(|_| {
-            ConfigError("`uri` is not a URI (expected amqp://... or amqps://...)".into())
+            ConfigError::new("uri", "is not a URI (expected amqp://... or amqps://...)")
         })?;
         if !matches!(parsed.scheme(), "amqp" | "amqps") {
-            return Err(ConfigError(format!(
-                "`uri` has scheme `{}`; expected `amqp` or `amqps`",
-                parsed.scheme()
-            )));
+            return Err(ConfigError::new(
+                "uri",
+                format!(
+                    "has scheme `{}`; expected `amqp` or `amqps`",
+                    parsed.scheme()
+                ),
+            ));
         }
         // lapin's own parser decides what it accepts; ask it now rather than at first connect.
         uri.parse::<lapin::uri::AMQPUri>()
-            .map_err(|_| ConfigError("`uri` is not a valid AMQP URI".into()))?;
+            .map_err(|_| ConfigError::new("uri", "is not a valid AMQP URI"))?;
         if parsed.scheme() == "amqp" && !allow_insecure && !is_loopback(&parsed) {
-            return Err(ConfigError(format!(
-                "`uri` uses plain amqp:// to `{}`, which is not a loopback host: the user name and \
-                 password would cross the network unencrypted; use amqps://, or opt in with \
-                 `RabbitMqConfig::instance_allowing_insecure_endpoint` (or \
-                 `existing_queue_allowing_insecure_endpoint`)",
-                parsed.host_str().unwrap_or_default()
-            )));
+            return Err(ConfigError::new(
+                "uri",
+                format!(
+                    "uses plain amqp:// to `{}`, which is not a loopback host: the user name and \
+                     password would cross the network unencrypted; use amqps://, or opt in with \
+                     `RabbitMqConfig::new_allowing_insecure_endpoint`",
+                    parsed.host_str().unwrap_or_default()
+                ),
+            ));
         }
         let instance_id = format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff);
         let config = RabbitMqConfig {
             redacted_uri: redact(uri),
             uri: SecretUri(SecretString::from(uri.to_owned())),
             insecure_endpoint_allowed: allow_insecure,
-            mode,
+            mode: instance_mode(DEFAULT_QUEUE_PREFIX.to_owned()),
             exchange: DEFAULT_EXCHANGE.to_owned(),
             dead_letter_exchange: DEFAULT_DEAD_LETTER.to_owned(),
             dead_letter_queue: DEFAULT_DEAD_LETTER.to_owned(),
@@ -211,9 +253,15 @@ impl RabbitMqConfig {
         self
     }
 
-    /// The dead-letter exchange and queue (default `keyvault-events.dead-letter` for both).
-    pub fn dead_letter(mut self, exchange: &str, queue: &str) -> Self {
+    /// The dead-letter exchange (default [`DEFAULT_DEAD_LETTER`]).
+    pub fn dead_letter_exchange(mut self, exchange: &str) -> Self {
         self.dead_letter_exchange = exchange.trim().to_owned();
+        self
+    }
+
+    /// The dead-letter queue, bound to the dead-letter exchange (default
+    /// [`DEFAULT_DEAD_LETTER`]).
+    pub fn dead_letter_queue(mut self, queue: &str) -> Self {
         self.dead_letter_queue = queue.trim().to_owned();
         self
     }
@@ -272,7 +320,7 @@ impl RabbitMqConfig {
     /// use std::time::Duration;
     /// use keyvault_invalidator_rabbitmq::RabbitMqConfig;
     ///
-    /// let config = RabbitMqConfig::instance("amqp://127.0.0.1", "orders-api")?
+    /// let config = RabbitMqConfig::new("amqp://127.0.0.1")?.instance_prefix("orders-api")?
     ///     .confirm_timeout(Duration::from_secs(5));
     /// assert_eq!(config.confirm_timeout_value(), Duration::from_secs(5));
     /// # Ok::<(), keyvault_invalidator_rabbitmq::ConfigError>(())
@@ -339,26 +387,21 @@ impl RabbitMqConfig {
     fn check_queue_name(&self) -> Result<(), ConfigError> {
         // AMQP short strings hold at most 255 bytes.
         if self.queue_name().len() > 255 {
-            return Err(ConfigError(
-                "the queue name is longer than 255 bytes".into(),
+            return Err(ConfigError::new(
+                "queue",
+                "makes a queue name longer than 255 bytes",
             ));
         }
         Ok(())
     }
 }
 
-fn instance_mode(prefix: &str) -> Result<QueueMode, ConfigError> {
-    Ok(QueueMode::Instance {
-        prefix: non_blank("prefix", prefix)?.to_owned(),
+fn instance_mode(prefix: String) -> QueueMode {
+    QueueMode::Instance {
+        prefix,
         binding_key: "#".to_owned(),
         idle_expiry: DEFAULT_IDLE_EXPIRY,
-    })
-}
-
-fn existing_mode(queue: &str) -> Result<QueueMode, ConfigError> {
-    Ok(QueueMode::Existing {
-        queue: non_blank("queue", queue)?.to_owned(),
-    })
+    }
 }
 
 /// Whether the URI's host is this machine: `127.0.0.0/8`, `::1` or `localhost`. No host at all
@@ -379,10 +422,10 @@ fn is_loopback(uri: &url::Url) -> bool {
     }
 }
 
-fn non_blank<'a>(what: &str, value: &'a str) -> Result<&'a str, ConfigError> {
+fn non_blank<'a>(what: &'static str, value: &'a str) -> Result<&'a str, ConfigError> {
     let value = value.trim();
     if value.is_empty() {
-        return Err(ConfigError(format!("`{what}` must not be blank")));
+        return Err(ConfigError::new(what, "must not be blank"));
     }
     Ok(value)
 }
@@ -422,17 +465,23 @@ mod tests {
 
     #[test]
     fn rejects_blank_arguments_and_foreign_schemes_naming_the_argument() {
-        let blank = RabbitMqConfig::instance("amqp://127.0.0.1", " ").unwrap_err();
+        let blank = RabbitMqConfig::new("amqp://127.0.0.1")
+            .and_then(|c| c.instance_prefix(" "))
+            .unwrap_err();
         assert_eq!(
             blank.to_string(),
             "invalid RabbitMQ configuration: `prefix` must not be blank"
         );
-        let scheme = RabbitMqConfig::existing_queue("http://127.0.0.1", "q").unwrap_err();
+        let scheme = RabbitMqConfig::new("http://127.0.0.1")
+            .and_then(|c| c.existing_queue("q"))
+            .unwrap_err();
         assert_eq!(
             scheme.to_string(),
             "invalid RabbitMQ configuration: `uri` has scheme `http`; expected `amqp` or `amqps`"
         );
-        assert!(RabbitMqConfig::existing_queue("amqps://host:5671/vh", "q").is_ok());
+        assert!(RabbitMqConfig::new("amqps://host:5671/vh")
+            .and_then(|c| c.existing_queue("q"))
+            .is_ok());
     }
 
     #[test]
@@ -441,36 +490,41 @@ mod tests {
             "amqp://app:s3cr3t@127.0.0.1:5672/%2f",
             "amqps://app:s3cr3t@broker:5671/%2f",
         ] {
-            let config = RabbitMqConfig::instance(uri, "api").unwrap();
+            let config = RabbitMqConfig::new(uri)
+                .and_then(|c| c.instance_prefix("api"))
+                .unwrap();
             let shown = format!("{config:?} {:?} {}", config.uri, config.redacted_uri());
             assert!(!shown.contains("s3cr3t"), "{shown}");
             assert!(shown.contains("app:***@"), "{shown}");
             // The real URI is still there for lapin.
             assert_eq!(config.uri.expose(), uri);
         }
-        let error =
-            RabbitMqConfig::instance("amqp://app:s3cr3t@broker:5672/%2f", "api").unwrap_err();
+        let error = RabbitMqConfig::new("amqp://app:s3cr3t@broker:5672/%2f")
+            .and_then(|c| c.instance_prefix("api"))
+            .unwrap_err();
         assert!(!format!("{error} {error:?}").contains("s3cr3t"));
     }
 
     #[test]
     fn plain_amqp_to_a_remote_host_is_refused_naming_the_argument_and_why() {
-        let error =
-            RabbitMqConfig::instance("amqp://app:pw@broker.internal:5672/%2f", "api").unwrap_err();
+        let error = RabbitMqConfig::new("amqp://app:pw@broker.internal:5672/%2f")
+            .and_then(|c| c.instance_prefix("api"))
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "invalid RabbitMQ configuration: `uri` uses plain amqp:// to `broker.internal`, which \
              is not a loopback host: the user name and password would cross the network \
              unencrypted; use amqps://, or opt in with \
-             `RabbitMqConfig::instance_allowing_insecure_endpoint` (or \
-             `existing_queue_allowing_insecure_endpoint`)"
+             `RabbitMqConfig::new_allowing_insecure_endpoint`"
         );
         for remote in [
             "amqp://10.0.0.5",
             "amqp://[2001:db8::1]:5672",
             "amqp://128.0.0.1",
         ] {
-            let error = RabbitMqConfig::existing_queue(remote, "q").unwrap_err();
+            let error = RabbitMqConfig::new(remote)
+                .and_then(|c| c.existing_queue("q"))
+                .unwrap_err();
             assert!(
                 error
                     .to_string()
@@ -489,25 +543,28 @@ mod tests {
             "amqp://LOCALHOST:5672/%2f",
             "amqps://broker.internal:5671/%2f",
         ] {
-            let config = RabbitMqConfig::instance(local, "api").unwrap();
+            let config = RabbitMqConfig::new(local)
+                .and_then(|c| c.instance_prefix("api"))
+                .unwrap();
             assert!(!config.allows_insecure_endpoint(), "{local}");
         }
-        let config = RabbitMqConfig::instance_allowing_insecure_endpoint(
+        let config = RabbitMqConfig::new_allowing_insecure_endpoint(
             "amqp://app:pw@broker.internal:5672/%2f",
-            "api",
         )
+        .and_then(|c| c.instance_prefix("api"))
         .unwrap();
         assert!(config.allows_insecure_endpoint());
         assert_eq!(
             config.redacted_uri(),
             "amqp://app:***@broker.internal:5672/%2f"
         );
-        let config =
-            RabbitMqConfig::existing_queue_allowing_insecure_endpoint("amqp://10.0.0.5", "q")
-                .unwrap();
+        let config = RabbitMqConfig::new_allowing_insecure_endpoint("amqp://10.0.0.5")
+            .and_then(|c| c.existing_queue("q"))
+            .unwrap();
         assert_eq!(config.queue_name(), "q");
         // The opt-in does not relax the other checks.
-        let error = RabbitMqConfig::instance_allowing_insecure_endpoint("amqp://10.0.0.5", " ")
+        let error = RabbitMqConfig::new_allowing_insecure_endpoint("amqp://10.0.0.5")
+            .and_then(|c| c.instance_prefix(" "))
             .unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -517,7 +574,8 @@ mod tests {
 
     #[test]
     fn instance_queues_are_named_prefix_dash_instance_id() {
-        let config = RabbitMqConfig::instance("amqp://localhost", "api")
+        let config = RabbitMqConfig::new("amqp://localhost")
+            .and_then(|c| c.instance_prefix("api"))
             .unwrap()
             .instance_id("i-7")
             .unwrap();
@@ -527,7 +585,9 @@ mod tests {
 
     #[test]
     fn settlements_wait_thirty_seconds_for_the_broker_unless_configured() {
-        let config = RabbitMqConfig::instance("amqp://localhost", "api").unwrap();
+        let config = RabbitMqConfig::new("amqp://localhost")
+            .and_then(|c| c.instance_prefix("api"))
+            .unwrap();
         assert_eq!(config.confirm_timeout_value(), Duration::from_secs(30));
         let config = config.confirm_timeout(Duration::ZERO);
         assert_eq!(config.confirm_timeout_value(), Duration::from_millis(1));

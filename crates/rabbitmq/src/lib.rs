@@ -16,8 +16,8 @@
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let cache = NoCache;
-//! let config = RabbitMqConfig::instance("amqp://guest:guest@127.0.0.1:5672/%2f", "orders-api")?;
-//! let job = Job::builder(RabbitMqSource::new(config), KeyVaultInvalidator::new(cache)).spawn();
+//! let config = RabbitMqConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")?.instance_prefix("orders-api")?;
+//! let job = Job::builder(RabbitMqSource::new(config), KeyVaultInvalidator::new(cache)).spawn()?;
 //! // ...
 //! job.shutdown().await?; // also deletes this instance's queue
 //! # Ok(()) }

@@ -266,19 +266,20 @@ impl RabbitMqSource {
             delivery.redelivered,
         );
         let body = Bytes::from(delivery.data);
-        Delivery {
-            message_id,
-            delivery_count,
-            properties,
+        let token = DeliveryToken::new(Token {
+            generation,
+            acker: delivery.acker,
             body: body.clone(),
-            token: DeliveryToken::new(Token {
-                generation,
-                acker: delivery.acker,
-                body,
-                properties: delivery.properties,
-                routing_key: delivery.routing_key.to_string(),
-                delivery_count,
-            }),
+            properties: delivery.properties,
+            routing_key: delivery.routing_key.to_string(),
+            delivery_count,
+        });
+        let delivery = Delivery::new(body, token)
+            .with_delivery_count(delivery_count)
+            .with_properties(properties);
+        match message_id {
+            Some(id) => delivery.with_message_id(id),
+            None => delivery,
         }
     }
 
@@ -327,22 +328,10 @@ impl RabbitMqSource {
                     doing: "acknowledging",
                     failure,
                 }),
-            Settlement::Abandon => {
-                let count = AMQPValue::LongUInt(token.delivery_count);
-                let queue = self.inner.queue.clone();
-                self.publish_then_ack(
-                    link,
-                    token,
-                    "publishing the abandoned delivery again",
-                    "",
-                    &queue,
-                    vec![(DELIVERY_COUNT_HEADER, count)],
-                )
-                .await
-            }
             Settlement::DeadLetter {
                 reason,
                 description,
+                ..
             } => {
                 let exchange = self.inner.config.dead_letter_exchange.clone();
                 let headers = vec![
@@ -370,6 +359,21 @@ impl RabbitMqSource {
                     &exchange,
                     &token.routing_key,
                     headers,
+                )
+                .await
+            }
+            // Abandon, and any settlement added later that this source does not know: the
+            // message comes back, which never loses it.
+            _ => {
+                let count = AMQPValue::LongUInt(token.delivery_count);
+                let queue = self.inner.queue.clone();
+                self.publish_then_ack(
+                    link,
+                    token,
+                    "publishing the abandoned delivery again",
+                    "",
+                    &queue,
+                    vec![(DELIVERY_COUNT_HEADER, count)],
                 )
                 .await
             }

@@ -54,10 +54,12 @@ impl ConformanceTarget for Broker {
             )
             .await
             .expect("bind the shared queue");
-        let config = RabbitMqConfig::existing_queue(&self.url, &queue)
+        let config = RabbitMqConfig::new(&self.url)
+            .and_then(|c| c.existing_queue(&queue))
             .unwrap()
             .exchange(&exchange)
-            .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"));
+            .dead_letter_exchange(&format!("{exchange}-dlx"))
+            .dead_letter_queue(&format!("{exchange}-dlq"));
         self.configs.lock().unwrap().push(config.clone());
         let source = RabbitMqSource::new(config);
         source.connect().await.expect("connect");

@@ -86,10 +86,12 @@ async fn full_queue(url: &str, channel: &Channel, what: &str) -> (String, Rabbit
     );
     declare_queue(channel, &queue, arguments).await;
     let exchange = support::unique(&format!("{what}-ex"));
-    let config = RabbitMqConfig::existing_queue(url, &queue)
+    let config = RabbitMqConfig::new(url)
+        .and_then(|c| c.existing_queue(&queue))
         .unwrap()
         .exchange(&exchange)
-        .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"))
+        .dead_letter_exchange(&format!("{exchange}-dlx"))
+        .dead_letter_queue(&format!("{exchange}-dlq"))
         .prefetch(1);
     (queue, config)
 }
@@ -314,10 +316,12 @@ async fn dead_letter_setup(
     if declare {
         support::declare_exchange(channel, &dead_letter_exchange, ExchangeKind::Fanout).await;
     }
-    let config = RabbitMqConfig::existing_queue(url, &queue)
+    let config = RabbitMqConfig::new(url)
+        .and_then(|c| c.existing_queue(&queue))
         .unwrap()
         .declare_topology(false)
-        .dead_letter(&dead_letter_exchange, &format!("{dead_letter_exchange}-q"))
+        .dead_letter_exchange(&dead_letter_exchange)
+        .dead_letter_queue(&format!("{dead_letter_exchange}-q"))
         .prefetch(4);
     let source = RabbitMqSource::new(config.clone());
     source.connect().await.expect("connect");
@@ -328,10 +332,7 @@ async fn dead_letter_setup(
 }
 
 fn malformed() -> Settlement {
-    Settlement::DeadLetter {
-        reason: "MalformedPayload".to_owned(),
-        description: "not JSON".to_owned(),
-    }
+    Settlement::dead_letter_with_reason("MalformedPayload", "not JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

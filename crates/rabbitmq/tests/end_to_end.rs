@@ -37,7 +37,9 @@ where
     let invalidator = KeyVaultInvalidator::builder(cache)
         .allow_vault("prod-kv")
         .build();
-    let handle = Job::builder(source.clone(), invalidator).spawn();
+    let handle = Job::builder(source.clone(), invalidator)
+        .spawn()
+        .expect("a Tokio runtime");
     (source, handle)
 }
 
@@ -138,13 +140,12 @@ async fn every_instance_receives_every_event() {
         return;
     };
     let first = support::isolated_instance(&url, "fanout");
-    let second = RabbitMqConfig::instance(&url, &support::unique("fanout-b"))
+    let second = RabbitMqConfig::new(&url)
+        .and_then(|c| c.instance_prefix(&support::unique("fanout-b")))
         .unwrap()
         .exchange(first.exchange_name())
-        .dead_letter(
-            first.dead_letter_exchange_name(),
-            first.dead_letter_queue_name(),
-        );
+        .dead_letter_exchange(first.dead_letter_exchange_name())
+        .dead_letter_queue(first.dead_letter_queue_name());
     let (cache_a, cache_b) = (RecordingCache::new(), RecordingCache::new());
     let (_, job_a) = job(first.clone(), cache_a.clone()).await;
     let (_, job_b) = job(second.clone(), cache_b.clone()).await;
@@ -206,10 +207,12 @@ async fn instances_on_an_existing_queue_share_the_load() {
         .await
         .unwrap();
     let config = |name: &str| {
-        RabbitMqConfig::existing_queue(&url, &queue)
+        RabbitMqConfig::new(&url)
+            .and_then(|c| c.existing_queue(&queue))
             .unwrap()
             .declare_topology(false)
-            .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"))
+            .dead_letter_exchange(&format!("{exchange}-dlx"))
+            .dead_letter_queue(&format!("{exchange}-dlq"))
             .prefetch(1)
             .instance_id(name)
             .unwrap()
@@ -262,7 +265,9 @@ async fn a_topology_that_conflicts_with_the_brokers_is_a_clear_fatal_error() {
     // Someone declared the exchange as fanout; the library wants a topic exchange.
     support::declare_exchange(&channel, config.exchange_name(), ExchangeKind::Fanout).await;
     let invalidator = KeyVaultInvalidator::new(RecordingCache::new());
-    let handle = Job::builder(RabbitMqSource::new(config.clone()), invalidator).spawn();
+    let handle = Job::builder(RabbitMqSource::new(config.clone()), invalidator)
+        .spawn()
+        .expect("a Tokio runtime");
 
     let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
         .await
@@ -288,7 +293,8 @@ async fn a_missing_existing_queue_is_a_clear_fatal_error() {
         return;
     };
     let queue = support::unique("absent");
-    let config = RabbitMqConfig::existing_queue(&url, &queue)
+    let config = RabbitMqConfig::new(&url)
+        .and_then(|c| c.existing_queue(&queue))
         .unwrap()
         .declare_topology(false);
     let error = RabbitMqSource::new(config).connect().await.unwrap_err();

@@ -72,7 +72,9 @@ async fn no_invalidation_is_lost_when_the_broker_closes_every_connection_mid_str
     let source = RabbitMqSource::new(config.clone());
     source.connect().await.expect("connect");
     let cache = RecordingCache::new();
-    let handle = Job::builder(source.clone(), KeyVaultInvalidator::new(cache.clone())).spawn();
+    let handle = Job::builder(source.clone(), KeyVaultInvalidator::new(cache.clone()))
+        .spawn()
+        .expect("a Tokio runtime");
     let mut publisher = support::publisher(&url).await;
 
     let names: Vec<String> = (0..EVENTS).map(|n| format!("secret-{n}")).collect();

@@ -20,7 +20,9 @@ async fn a_wrong_password_is_reported_as_a_refused_login() {
     wrong
         .set_password(Some(WRONG_PASSWORD))
         .expect("an amqp URL takes a password");
-    let config = RabbitMqConfig::instance(wrong.as_str(), &support::unique("login")).unwrap();
+    let config = RabbitMqConfig::new(wrong.as_str())
+        .and_then(|c| c.instance_prefix(&support::unique("login")))
+        .unwrap();
     let source = RabbitMqSource::new(config);
 
     let error = tokio::time::timeout(Duration::from_secs(30), source.connect())

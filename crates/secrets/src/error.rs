@@ -22,6 +22,7 @@ pub(crate) fn reject_blank(name: &str) -> Result<(), ProviderError> {
 /// Azure SDK refused to create. Never holds a secret value.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
+#[non_exhaustive]
 pub struct ConfigError {
     message: String,
     #[source]
@@ -50,6 +51,7 @@ impl ConfigError {
 /// What one provider of a [`SecretStore`](crate::SecretStore) answered when the store could not
 /// return a secret.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ProviderFailure {
     /// The label the provider was added with.
     pub provider: String,
@@ -78,6 +80,7 @@ pub struct ProviderFailure {
 /// # }
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct StoreFailures {
     failures: Vec<ProviderFailure>,
     decisive: Option<usize>,

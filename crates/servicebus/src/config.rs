@@ -17,6 +17,7 @@ use crate::names::{
 
 /// How the source proves who it is.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum Authorization {
     /// An Entra ID credential (managed identity, workload identity, developer login...): JWTs
     /// for `https://servicebus.azure.net/.default`.
@@ -35,6 +36,7 @@ pub enum Authorization {
 
 /// Which subscription the source receives from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SubscriptionMode {
     /// Create `{prefix}-{unique}` at start (needs Manage rights, or the Azure Service Bus Data
     /// Owner role), delete it at graceful shutdown; `AutoDeleteOnIdle` removes it if the
@@ -61,12 +63,13 @@ pub enum SubscriptionMode {
 ///
 /// let config = ServiceBusConfig::connection_string(
 ///     "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=a2V5;EntityPath=keyvault-events",
-///     "orders-api",
-/// )?;
+/// )?
+/// .subscription_prefix("orders-api")?;
 /// assert_eq!(config.topic_name(), Some("keyvault-events"));
 /// assert_eq!(config.namespace(), Some("my-ns.servicebus.windows.net"));
 ///
-/// let error = ServiceBusConfig::connection_string("Endpoint=sb://ns/;SharedAccessKeyName=l;SharedAccessKey=k", " ").unwrap_err();
+/// let config = ServiceBusConfig::connection_string("Endpoint=sb://ns/;SharedAccessKeyName=l;SharedAccessKey=k")?;
+/// let error = config.subscription_prefix(" ").unwrap_err();
 /// assert_eq!(error.argument, "subscription name prefix");
 /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
 /// ```
@@ -86,12 +89,12 @@ pub enum SubscriptionMode {
 /// use keyvault_invalidator_servicebus::ServiceBusConfig;
 ///
 /// const CS: &str = "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=a2V5;EntityPath=t";
-/// let error = ServiceBusConfig::connection_string(CS, "app")?
+/// let error = ServiceBusConfig::connection_string(CS)?.subscription_prefix("app")?
 ///     .management_endpoint("http://10.1.2.3:5300/")
 ///     .unwrap_err();
 /// assert_eq!(error.argument, "management endpoint");
 ///
-/// let config = ServiceBusConfig::connection_string(CS, "app")?
+/// let config = ServiceBusConfig::connection_string(CS)?.subscription_prefix("app")?
 ///     .allow_insecure_endpoint()
 ///     .management_endpoint("http://10.1.2.3:5300/")?;
 /// assert_eq!(config.management_endpoint_override(), Some("http://10.1.2.3:5300/"));
@@ -113,50 +116,70 @@ pub struct ServiceBusConfig {
     insecure_endpoint_allowed: bool,
 }
 
+/// Which managed identity [`ServiceBusConfig::managed_identity`] signs in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ManagedIdentity {
+    /// The identity Azure assigned to the host (the app service, the VM, the pod's node).
+    SystemAssigned,
+    /// A user-assigned identity, by its client id.
+    UserAssigned {
+        /// The identity's client (application) id.
+        client_id: String,
+    },
+}
+
+impl ManagedIdentity {
+    /// A user-assigned identity, by its client id.
+    pub fn user_assigned(client_id: impl Into<String>) -> Self {
+        ManagedIdentity::UserAssigned {
+            client_id: client_id.into(),
+        }
+    }
+}
+
 impl ServiceBusConfig {
-    /// The managed-identity registration: the topic, the subscription name prefix, the
-    /// namespace (`.servicebus.windows.net` is added when missing), and the client id of a
-    /// user-assigned identity, if one is used.
+    /// The managed-identity registration: the namespace (`.servicebus.windows.net` is added when
+    /// missing) and the identity. Name the topic with [`topic`](Self::topic); the subscription
+    /// is per instance, named `{prefix}-{unique}`, with the prefix
+    /// [`DEFAULT_SUBSCRIPTION_PREFIX`] unless [`subscription_prefix`](Self::subscription_prefix)
+    /// sets one.
+    ///
+    /// ```
+    /// use keyvault_invalidator_servicebus::{ManagedIdentity, ServiceBusConfig};
+    ///
+    /// let config = ServiceBusConfig::managed_identity("my-ns", ManagedIdentity::SystemAssigned)?
+    ///     .topic("keyvault-events")?
+    ///     .subscription_prefix("orders-api")?;
+    /// assert_eq!(config.namespace(), Some("my-ns.servicebus.windows.net"));
+    /// assert_eq!(config.topic_name(), Some("keyvault-events"));
+    /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
+    /// ```
     pub fn managed_identity(
-        topic: &str,
-        subscription_prefix: &str,
         namespace: &str,
-        client_id: Option<&str>,
+        identity: ManagedIdentity,
     ) -> Result<Self, ConfigError> {
-        let credential = match client_id {
-            None => credential::managed_identity(),
-            Some(id) => {
-                non_blank("client id", id)?;
-                credential::user_assigned_managed_identity(id)
+        let credential = match &identity {
+            ManagedIdentity::SystemAssigned => credential::managed_identity(),
+            ManagedIdentity::UserAssigned { client_id } => {
+                non_blank("client id", client_id)?;
+                credential::user_assigned_managed_identity(client_id.trim())
             }
         }
         .map_err(|e| ConfigError::new("client id", e.to_string()))?;
-        Self::with_credential(topic, subscription_prefix, namespace, credential)
+        Self::with_credential(namespace, credential)
     }
 
-    /// The same with any `azure_identity` credential.
+    /// The same with any `azure_identity` credential (workload identity, developer tools...).
     pub fn with_credential(
-        topic: &str,
-        subscription_prefix: &str,
         namespace: &str,
         credential: Arc<dyn TokenCredential>,
     ) -> Result<Self, ConfigError> {
-        let topic = check_topic(topic)?.to_owned();
-        let prefix = check_subscription_prefix(subscription_prefix)?.to_owned();
-        Ok(ServiceBusConfig {
-            namespace: Some(fully_qualified_namespace(namespace)?),
-            topic: Some(topic),
-            authorization: Authorization::Credential(credential),
-            subscription: automatic(prefix),
-            prefetch: DEFAULT_PREFETCH,
-            management_endpoint: None,
-            amqp_endpoint: None,
-            sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
-            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
-            unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
-            lock_renewal: LockRenewal::default(),
-            insecure_endpoint_allowed: false,
-        })
+        Ok(Self::with_authorization(
+            Some(fully_qualified_namespace(namespace)?),
+            None,
+            Authorization::Credential(credential),
+        ))
     }
 
     /// The connection-string registration with the string itself. The topic comes from its
@@ -168,15 +191,11 @@ impl ServiceBusConfig {
     /// use keyvault_invalidator_servicebus::ServiceBusConfig;
     ///
     /// let emulator = "Endpoint=sb://servicebus-emulator;SharedAccessKeyName=k;SharedAccessKey=a2V5;UseDevelopmentEmulator=true;EntityPath=t";
-    /// let error = ServiceBusConfig::connection_string(emulator, "app").unwrap_err();
+    /// let error = ServiceBusConfig::connection_string(emulator).unwrap_err();
     /// assert_eq!(error.argument, "connection string");
-    /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
     /// ```
-    pub fn connection_string(
-        connection_string: &str,
-        subscription_prefix: &str,
-    ) -> Result<Self, ConfigError> {
-        Self::connection_string_with(connection_string, subscription_prefix, false)
+    pub fn connection_string(connection_string: &str) -> Result<Self, ConfigError> {
+        Self::connection_string_with(connection_string, false)
     }
 
     /// [`connection_string`](Self::connection_string), also accepting an emulator string whose
@@ -187,20 +206,18 @@ impl ServiceBusConfig {
     /// use keyvault_invalidator_servicebus::ServiceBusConfig;
     ///
     /// let emulator = "Endpoint=sb://servicebus-emulator;SharedAccessKeyName=k;SharedAccessKey=a2V5;UseDevelopmentEmulator=true;EntityPath=t";
-    /// let config = ServiceBusConfig::connection_string_allowing_insecure_endpoint(emulator, "app")?;
+    /// let config = ServiceBusConfig::connection_string_allowing_insecure_endpoint(emulator)?;
     /// assert!(config.allows_insecure_endpoint());
     /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
     /// ```
     pub fn connection_string_allowing_insecure_endpoint(
         connection_string: &str,
-        subscription_prefix: &str,
     ) -> Result<Self, ConfigError> {
-        Self::connection_string_with(connection_string, subscription_prefix, true)
+        Self::connection_string_with(connection_string, true)
     }
 
     fn connection_string_with(
         connection_string: &str,
-        subscription_prefix: &str,
         allow_insecure: bool,
     ) -> Result<Self, ConfigError> {
         let parsed: ConnectionString =
@@ -208,21 +225,13 @@ impl ServiceBusConfig {
         if !allow_insecure {
             check_emulator_host(&parsed)?;
         }
-        let prefix = check_subscription_prefix(subscription_prefix)?.to_owned();
-        Ok(ServiceBusConfig {
-            namespace: Some(parsed.namespace().to_owned()),
-            topic: parsed.entity_path().map(str::to_owned),
-            authorization: Authorization::ConnectionString(parsed),
-            subscription: automatic(prefix),
-            prefetch: DEFAULT_PREFETCH,
-            management_endpoint: None,
-            amqp_endpoint: None,
-            sas_token_lifetime: DEFAULT_SAS_TOKEN_LIFETIME,
-            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
-            unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
-            lock_renewal: LockRenewal::default(),
-            insecure_endpoint_allowed: allow_insecure,
-        })
+        let mut config = Self::with_authorization(
+            Some(parsed.namespace().to_owned()),
+            parsed.entity_path().map(str::to_owned),
+            Authorization::ConnectionString(parsed),
+        );
+        config.insecure_endpoint_allowed = allow_insecure;
+        Ok(config)
     }
 
     /// The connection-string registration of the original: the string is read at start from
@@ -231,18 +240,28 @@ impl ServiceBusConfig {
     pub fn connection_string_from_store(
         provider: impl SecretProvider + 'static,
         secret_key: &str,
-        subscription_prefix: &str,
     ) -> Result<Self, ConfigError> {
         let key = non_blank("secret key", secret_key)?.to_owned();
-        let prefix = check_subscription_prefix(subscription_prefix)?.to_owned();
-        Ok(ServiceBusConfig {
-            namespace: None,
-            topic: None,
-            authorization: Authorization::ConnectionStringFromStore {
+        Ok(Self::with_authorization(
+            None,
+            None,
+            Authorization::ConnectionStringFromStore {
                 provider: Arc::new(provider),
                 key,
             },
-            subscription: automatic(prefix),
+        ))
+    }
+
+    fn with_authorization(
+        namespace: Option<String>,
+        topic: Option<String>,
+        authorization: Authorization,
+    ) -> Self {
+        ServiceBusConfig {
+            namespace,
+            topic,
+            authorization,
+            subscription: automatic(DEFAULT_SUBSCRIPTION_PREFIX.to_owned()),
             prefetch: DEFAULT_PREFETCH,
             management_endpoint: None,
             amqp_endpoint: None,
@@ -251,7 +270,22 @@ impl ServiceBusConfig {
             unauthorized_grace: DEFAULT_UNAUTHORIZED_GRACE,
             lock_renewal: LockRenewal::default(),
             insecure_endpoint_allowed: false,
-        })
+        }
+    }
+
+    /// Creates a subscription of this instance's own, named `{prefix}-{unique}` (the default,
+    /// with [`DEFAULT_SUBSCRIPTION_PREFIX`]); the application's name is a good prefix, as it
+    /// tells the instances' subscriptions apart in the portal. Replaces an
+    /// [`existing_subscription`](Self::existing_subscription).
+    pub fn subscription_prefix(mut self, prefix: &str) -> Result<Self, ConfigError> {
+        let prefix = check_subscription_prefix(prefix)?.to_owned();
+        self.subscription = match self.subscription {
+            SubscriptionMode::Automatic { properties, .. } => {
+                SubscriptionMode::Automatic { prefix, properties }
+            }
+            _ => automatic(prefix),
+        };
+        Ok(self)
     }
 
     /// Names the topic (overriding a connection string's `EntityPath`).
@@ -302,8 +336,8 @@ impl ServiceBusConfig {
     /// # use keyvault_invalidator_servicebus::ServiceBusConfig;
     /// let config = ServiceBusConfig::connection_string(
     ///     "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=k;SharedAccessKey=a2V5;UseDevelopmentEmulator=true;EntityPath=t",
-    ///     "app",
     /// )?
+    /// .subscription_prefix("app")?
     /// .max_lock_renewal(Duration::from_secs(600));
     /// assert_eq!(config.lock_renewal().max_duration(), Duration::from_secs(600));
     /// # Ok::<(), keyvault_invalidator_servicebus::ConfigError>(())
@@ -432,8 +466,8 @@ impl ServiceBusConfig {
     ///
     /// let config = ServiceBusConfig::connection_string(
     ///     "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=a2V5;EntityPath=keyvault-events",
-    ///     "orders-api",
     /// )?
+    /// .subscription_prefix("orders-api")?
     /// .operation_timeout(Duration::from_secs(20))?;
     /// assert_eq!(config.operation_timeout_value(), Duration::from_secs(20));
     ///
@@ -475,8 +509,8 @@ impl ServiceBusConfig {
     ///
     /// let config = ServiceBusConfig::connection_string(
     ///     "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=manage;SharedAccessKey=a2V5;EntityPath=keyvault-events",
-    ///     "orders-api",
-    /// )?;
+    /// )?
+    /// .subscription_prefix("orders-api")?;
     /// assert_eq!(config.unauthorized_grace_value(), DEFAULT_UNAUTHORIZED_GRACE);
     /// let config = config.unauthorized_grace(Duration::from_secs(60));
     /// assert_eq!(config.unauthorized_grace_value(), Duration::from_secs(60));
@@ -534,6 +568,10 @@ pub const DEFAULT_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::
 /// How long the management API may refuse to create the subscription (HTTP 401/403) before
 /// the source gives up, by default: long enough for a new role assignment to propagate.
 pub const DEFAULT_UNAUTHORIZED_GRACE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The prefix of a per-instance subscription's name unless
+/// [`ServiceBusConfig::subscription_prefix`] sets one.
+pub const DEFAULT_SUBSCRIPTION_PREFIX: &str = "keyvault-invalidator";
 
 /// Small: a prefetched message's lock runs while it waits.
 const DEFAULT_PREFETCH: u32 = 4;
@@ -613,8 +651,13 @@ mod tests {
     fn the_unauthorized_grace_defaults_to_five_minutes_and_can_be_set_for_every_registration() {
         let credential: Arc<dyn TokenCredential> = Arc::new(NoCredential);
         let configs = [
-            ServiceBusConfig::connection_string(CS, "app").unwrap(),
-            ServiceBusConfig::with_credential("t", "app", "my-ns", credential).unwrap(),
+            ServiceBusConfig::connection_string(CS)
+                .and_then(|c| c.subscription_prefix("app"))
+                .unwrap(),
+            ServiceBusConfig::with_credential("my-ns", credential)
+                .and_then(|c| c.topic("t"))
+                .and_then(|c| c.subscription_prefix("app"))
+                .unwrap(),
         ];
         for config in configs {
             assert_eq!(config.unauthorized_grace_value(), Duration::from_secs(300));
@@ -634,7 +677,9 @@ mod tests {
 
     #[test]
     fn an_emulator_connection_string_on_a_remote_host_is_refused_naming_the_argument() {
-        let error = ServiceBusConfig::connection_string(REMOTE_EMULATOR, "app").unwrap_err();
+        let error = ServiceBusConfig::connection_string(REMOTE_EMULATOR)
+            .and_then(|c| c.subscription_prefix("app"))
+            .unwrap_err();
         assert_eq!(error.argument, "connection string");
         assert_eq!(
             error.to_string(),
@@ -644,10 +689,7 @@ mod tests {
              `ServiceBusConfig::connection_string_allowing_insecure_endpoint`"
         );
         assert!(!format!("{error:?}").contains("s3cr3t-key"));
-        let error = ServiceBusConfig::connection_string(
-            "Endpoint=sb://10.0.0.7;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true",
-            "app",
-        )
+        let error = ServiceBusConfig::connection_string("Endpoint=sb://10.0.0.7;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true").and_then(|c| c.subscription_prefix("app"))
         .unwrap_err();
         assert_eq!(error.argument, "connection string");
     }
@@ -658,11 +700,14 @@ mod tests {
             let cs = format!(
                 "Endpoint=sb://{local};SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;EntityPath=t"
             );
-            let config = ServiceBusConfig::connection_string(&cs, "app").unwrap();
+            let config = ServiceBusConfig::connection_string(&cs)
+                .and_then(|c| c.subscription_prefix("app"))
+                .unwrap();
             assert!(!config.allows_insecure_endpoint(), "{local}");
         }
         let config =
-            ServiceBusConfig::connection_string_allowing_insecure_endpoint(REMOTE_EMULATOR, "app")
+            ServiceBusConfig::connection_string_allowing_insecure_endpoint(REMOTE_EMULATOR)
+                .and_then(|c| c.subscription_prefix("app"))
                 .unwrap();
         assert!(config.allows_insecure_endpoint());
         assert_eq!(config.namespace(), Some("servicebus-emulator"));
@@ -683,7 +728,9 @@ mod tests {
 
     #[test]
     fn plain_text_endpoints_on_a_remote_host_are_refused_naming_the_argument() {
-        let config = ServiceBusConfig::connection_string(CS, "app").unwrap();
+        let config = ServiceBusConfig::connection_string(CS)
+            .and_then(|c| c.subscription_prefix("app"))
+            .unwrap();
         let error = config
             .clone()
             .management_endpoint("http://mgmt.example.net:5300/")
@@ -717,7 +764,9 @@ mod tests {
 
     #[test]
     fn plain_text_endpoints_are_accepted_on_loopback_with_tls_or_with_the_opt_in() {
-        let config = ServiceBusConfig::connection_string(CS, "app").unwrap();
+        let config = ServiceBusConfig::connection_string(CS)
+            .and_then(|c| c.subscription_prefix("app"))
+            .unwrap();
         for (management, amqp) in [
             ("http://127.0.0.1:5300/", "amqp://127.0.0.1:5672"),
             ("http://[::1]:5300/", "amqp://[::1]:5672"),

@@ -41,6 +41,7 @@ pub struct ConnectionString {
 
 /// How a connection string authorises.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum SharedAccess {
     /// A shared access policy: tokens are signed with its key.
     Key {

@@ -5,6 +5,7 @@
 /// The message names the argument and never repeats a key or a connection string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid Service Bus setting `{argument}`: {problem}")]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The argument, as the registration names it (`topic`, `namespace`...).
     pub argument: &'static str,

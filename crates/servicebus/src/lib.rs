@@ -1,10 +1,13 @@
 //! Azure Service Bus transport for keyvault-invalidator: the configuration layer.
 //!
 //! Both registrations of the original .NET library, with its argument checks:
-//! [`ServiceBusConfig::managed_identity`] (topic, subscription name prefix, namespace, optional
-//! user-assigned client id; any credential with [`ServiceBusConfig::with_credential`]) and the
+//! [`ServiceBusConfig::managed_identity`] (the namespace and a system- or user-assigned
+//! [`ManagedIdentity`]; any credential with [`ServiceBusConfig::with_credential`]) and the
 //! connection-string registration ([`ServiceBusConfig::connection_string`], or
-//! [`ServiceBusConfig::connection_string_from_store`] reading it from the secret store).
+//! [`ServiceBusConfig::connection_string_from_store`] reading it from the secret store), each
+//! followed by [`topic`](ServiceBusConfig::topic) and
+//! [`subscription_prefix`](ServiceBusConfig::subscription_prefix) (or
+//! [`existing_subscription`](ServiceBusConfig::existing_subscription)).
 //! [`ConnectionString`] parses public-cloud and emulator strings; [`sas_token`] signs tokens
 //! as the service checks them; [`SubscriptionProperties`] writes the management API's Atom
 //! entry for a per-instance subscription.
@@ -23,11 +26,14 @@ mod sas;
 mod source;
 
 pub use config::{
-    Authorization, ServiceBusConfig, SubscriptionMode, DEFAULT_OPERATION_TIMEOUT,
-    DEFAULT_SAS_TOKEN_LIFETIME, DEFAULT_UNAUTHORIZED_GRACE,
+    Authorization, ManagedIdentity, ServiceBusConfig, SubscriptionMode, DEFAULT_OPERATION_TIMEOUT,
+    DEFAULT_SAS_TOKEN_LIFETIME, DEFAULT_SUBSCRIPTION_PREFIX, DEFAULT_UNAUTHORIZED_GRACE,
 };
 pub use connection_string::{ConnectionString, SharedAccess, AMQPS_PORT, EMULATOR_AMQP_PORT};
 pub use error::ConfigError;
+/// The credentials [`ServiceBusConfig::with_credential`] takes, ready-made: managed identity,
+/// workload identity, a developer's own login (re-exported from the secrets crate).
+pub use keyvault_invalidator_secrets::credential;
 pub use management::{
     iso8601_duration, SubscriptionProperties, API_VERSION, MIN_AUTO_DELETE_ON_IDLE,
 };

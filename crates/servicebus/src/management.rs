@@ -12,6 +12,7 @@ pub const MIN_AUTO_DELETE_ON_IDLE: Duration = Duration::from_secs(5 * 60);
 
 /// What a subscription the source creates looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubscriptionProperties {
     /// How long a received message stays locked (default 60 s; Service Bus allows up to 5 min).
     pub lock_duration: Duration,
@@ -33,6 +34,35 @@ impl Default for SubscriptionProperties {
 }
 
 impl SubscriptionProperties {
+    /// Sets [`lock_duration`](Self::lock_duration).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyvault_invalidator_servicebus::SubscriptionProperties;
+    ///
+    /// let properties = SubscriptionProperties::default()
+    ///     .with_lock_duration(Duration::from_secs(30))
+    ///     .with_max_delivery_count(5)
+    ///     .with_auto_delete_on_idle(Duration::from_secs(2 * 3600));
+    /// assert!(properties.check().is_ok());
+    /// ```
+    pub fn with_lock_duration(mut self, lock_duration: Duration) -> Self {
+        self.lock_duration = lock_duration;
+        self
+    }
+
+    /// Sets [`max_delivery_count`](Self::max_delivery_count).
+    pub fn with_max_delivery_count(mut self, max_delivery_count: u32) -> Self {
+        self.max_delivery_count = max_delivery_count;
+        self
+    }
+
+    /// Sets [`auto_delete_on_idle`](Self::auto_delete_on_idle).
+    pub fn with_auto_delete_on_idle(mut self, auto_delete_on_idle: Duration) -> Self {
+        self.auto_delete_on_idle = auto_delete_on_idle;
+        self
+    }
+
     /// Refuses values Service Bus would refuse.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.auto_delete_on_idle < MIN_AUTO_DELETE_ON_IDLE {

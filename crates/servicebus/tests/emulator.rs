@@ -34,7 +34,8 @@ fn unique_topic(what: &str) -> String {
 
 /// The connection-string registration, pointed at the emulator.
 fn connection_string_config(emulator: &ServiceBusEmulator, topic: &str) -> ServiceBusConfig {
-    ServiceBusConfig::connection_string(&emulator.connection_string(Some(topic)), "app")
+    ServiceBusConfig::connection_string(&emulator.connection_string(Some(topic)))
+        .and_then(|c| c.subscription_prefix("app"))
         .unwrap()
         .management_endpoint(emulator.management_endpoint())
         .unwrap()
@@ -43,22 +44,17 @@ fn connection_string_config(emulator: &ServiceBusEmulator, topic: &str) -> Servi
 /// Five seconds, the shortest lock Service Bus allows: deliveries stranded on a dead link
 /// come back quickly.
 fn short_lock() -> keyvault_invalidator_servicebus::SubscriptionProperties {
-    keyvault_invalidator_servicebus::SubscriptionProperties {
-        lock_duration: Duration::from_secs(5),
-        ..Default::default()
-    }
+    keyvault_invalidator_servicebus::SubscriptionProperties::default()
+        .with_lock_duration(Duration::from_secs(5))
 }
 
 /// The original's connection-string registration: the string in the secret store.
 fn store_config(emulator: &ServiceBusEmulator, store: &InMemoryVault) -> ServiceBusConfig {
-    ServiceBusConfig::connection_string_from_store(
-        store.clone(),
-        "ServiceBus--ConnectionString",
-        "app",
-    )
-    .unwrap()
-    .management_endpoint(emulator.management_endpoint())
-    .unwrap()
+    ServiceBusConfig::connection_string_from_store(store.clone(), "ServiceBus--ConnectionString")
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap()
+        .management_endpoint(emulator.management_endpoint())
+        .unwrap()
 }
 
 struct Emulated {
@@ -171,7 +167,9 @@ async fn job_over<C: SecretCache + 'static>(
     let invalidator = KeyVaultInvalidator::builder(cache)
         .allow_vault("prod-kv")
         .build();
-    let handle = Job::builder(source.clone(), invalidator).spawn();
+    let handle = Job::builder(source.clone(), invalidator)
+        .spawn()
+        .expect("a Tokio runtime");
     (source, handle)
 }
 
@@ -292,7 +290,9 @@ async fn end_to_end_with_an_entra_id_credential() {
     let topic = unique_topic("e2e-identity");
     emulator.create_topic(&topic);
     let credential = Arc::new(FakeTokenCredential::new(emulator.bearer_token()));
-    let config = ServiceBusConfig::with_credential(&topic, "app", "my-ns", credential.clone())
+    let config = ServiceBusConfig::with_credential("my-ns", credential.clone())
+        .and_then(|c| c.topic(&topic))
+        .and_then(|c| c.subscription_prefix("app"))
         .unwrap()
         .amqp_endpoint(&emulator.amqp_url())
         .unwrap()
@@ -746,7 +746,8 @@ async fn an_invalidation_that_keeps_failing_is_abandoned_with_modified_and_dead_
             Duration::from_millis(10),
             Duration::from_millis(50),
         ))
-        .spawn();
+        .spawn()
+        .expect("a Tokio runtime");
     let subscription = source.subscription_name().to_owned();
     assert!(emulator.publish_as_event_grid(&topic, &event("db-password", "v2").event_grid_bytes()));
 

@@ -22,11 +22,11 @@ fn link_threads() -> usize {
 async fn a_connection_has_one_thread_which_ends_with_it() {
     let emulator = ServiceBusEmulator::start().await.unwrap();
     emulator.create_topic("threads");
-    let config =
-        ServiceBusConfig::connection_string(&emulator.connection_string(Some("threads")), "app")
-            .unwrap()
-            .management_endpoint(emulator.management_endpoint())
-            .unwrap();
+    let config = ServiceBusConfig::connection_string(&emulator.connection_string(Some("threads")))
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap()
+        .management_endpoint(emulator.management_endpoint())
+        .unwrap();
     let source = ServiceBusSource::new(config);
     assert_eq!(link_threads(), 0);
     tokio::time::timeout(EVENTUALLY_TIMEOUT, source.connect())

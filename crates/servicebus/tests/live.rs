@@ -85,6 +85,7 @@ impl Live {
                 let token = match cs.shared_access() {
                     SharedAccess::Key { name, key } => sas_token(&resource, name, key, expiry),
                     SharedAccess::Signature(signature) => signature.clone(),
+                    other => panic!("a kind of shared access this test does not know: {other:?}"),
                 };
                 (
                     token.expose_secret().to_owned(),
@@ -131,16 +132,15 @@ impl Live {
 
     fn config(&self) -> ServiceBusConfig {
         let config = match &self.access {
-            Access::ConnectionString(_) => {
-                ServiceBusConfig::connection_string(&cs_text(), "kvi-live").expect("config")
+            Access::ConnectionString(_) => ServiceBusConfig::connection_string(&cs_text())
+                .and_then(|c| c.subscription_prefix("kvi-live"))
+                .expect("config"),
+            Access::Credential(credential) => {
+                ServiceBusConfig::with_credential(&self.namespace, credential.clone())
+                    .and_then(|c| c.topic(&self.topic))
+                    .and_then(|c| c.subscription_prefix("kvi-live"))
+                    .expect("config")
             }
-            Access::Credential(credential) => ServiceBusConfig::with_credential(
-                &self.topic,
-                "kvi-live",
-                &self.namespace,
-                credential.clone(),
-            )
-            .expect("config"),
         };
         let config = match (&self.access, config.topic_name()) {
             (Access::ConnectionString(_), None) => config.topic(&self.topic).expect("topic"),
@@ -153,11 +153,9 @@ impl Live {
 }
 
 fn live_properties() -> SubscriptionProperties {
-    SubscriptionProperties {
-        lock_duration: Duration::from_secs(5),
-        auto_delete_on_idle: Duration::from_secs(5 * 60),
-        ..Default::default()
-    }
+    SubscriptionProperties::default()
+        .with_lock_duration(Duration::from_secs(5))
+        .with_auto_delete_on_idle(Duration::from_secs(5 * 60))
 }
 
 fn cs_text() -> String {

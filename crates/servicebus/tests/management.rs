@@ -40,11 +40,10 @@ fn with_key(emulator: &ServiceBusEmulator, key: &str) -> ManagementClient {
 async fn creates_the_subscription_as_described_then_reports_a_conflict() {
     let emulator = emulator().await;
     let client = with_key(&emulator, &emulator.policy_key());
-    let properties = SubscriptionProperties {
-        lock_duration: Duration::from_secs(30),
-        max_delivery_count: 7,
-        auto_delete_on_idle: Duration::from_secs(2 * 3600),
-    };
+    let properties = SubscriptionProperties::default()
+        .with_lock_duration(Duration::from_secs(30))
+        .with_max_delivery_count(7)
+        .with_auto_delete_on_idle(Duration::from_secs(2 * 3600));
 
     let first = client
         .create_subscription(TOPIC, "app-0123456789ab", &properties)

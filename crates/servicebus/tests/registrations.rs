@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use keyvault_invalidator_servicebus::{
-    Authorization, ConnectionString, ServiceBusConfig, SubscriptionMode, SubscriptionProperties,
+    Authorization, ConnectionString, ManagedIdentity, ServiceBusConfig, SubscriptionMode,
+    SubscriptionProperties,
 };
 use keyvault_invalidator_testkit::InMemoryVault;
 
@@ -19,34 +20,45 @@ fn argument<T: std::fmt::Debug>(
 #[test]
 fn managed_identity_refuses_each_blank_argument() {
     assert_eq!(
-        argument(ServiceBusConfig::managed_identity(
-            " ", "app", "my-ns", None
-        )),
+        argument(
+            ServiceBusConfig::managed_identity("my-ns", ManagedIdentity::SystemAssigned)
+                .and_then(|c| c.topic(" "))
+                .and_then(|c| c.subscription_prefix("app"))
+        ),
         "topic"
     );
     assert_eq!(
-        argument(ServiceBusConfig::managed_identity("t", "", "my-ns", None)),
+        argument(
+            ServiceBusConfig::managed_identity("my-ns", ManagedIdentity::SystemAssigned)
+                .and_then(|c| c.topic("t"))
+                .and_then(|c| c.subscription_prefix(""))
+        ),
         "subscription name prefix"
     );
     assert_eq!(
-        argument(ServiceBusConfig::managed_identity("t", "app", "\t", None)),
+        argument(
+            ServiceBusConfig::managed_identity("\t", ManagedIdentity::SystemAssigned)
+                .and_then(|c| c.topic("t"))
+                .and_then(|c| c.subscription_prefix("app"))
+        ),
         "namespace"
     );
     assert_eq!(
-        argument(ServiceBusConfig::managed_identity(
-            "t",
-            "app",
-            "my-ns",
-            Some(" ")
-        )),
+        argument(
+            ServiceBusConfig::managed_identity("my-ns", ManagedIdentity::user_assigned(" "))
+                .and_then(|c| c.topic("t"))
+                .and_then(|c| c.subscription_prefix("app"))
+        ),
         "client id"
     );
 }
 
 #[test]
 fn managed_identity_completes_the_namespace() {
-    let config =
-        ServiceBusConfig::managed_identity("keyvault-events", "app", "my-ns", None).unwrap();
+    let config = ServiceBusConfig::managed_identity("my-ns", ManagedIdentity::SystemAssigned)
+        .and_then(|c| c.topic("keyvault-events"))
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap();
     assert_eq!(config.namespace(), Some("my-ns.servicebus.windows.net"));
     assert_eq!(config.topic_name(), Some("keyvault-events"));
     assert!(matches!(
@@ -54,11 +66,11 @@ fn managed_identity_completes_the_namespace() {
         Authorization::Credential(_)
     ));
     let user_assigned = ServiceBusConfig::managed_identity(
-        "keyvault-events",
-        "app",
         "my-ns.servicebus.windows.net",
-        Some("00000000-0000-0000-0000-000000000001"),
+        ManagedIdentity::user_assigned("00000000-0000-0000-0000-000000000001"),
     )
+    .and_then(|c| c.topic("keyvault-events"))
+    .and_then(|c| c.subscription_prefix("app"))
     .unwrap();
     assert_eq!(
         user_assigned.namespace(),
@@ -68,11 +80,15 @@ fn managed_identity_completes_the_namespace() {
 
 #[test]
 fn connection_string_registration_takes_the_topic_from_entity_path() {
-    let config = ServiceBusConfig::connection_string(CS, "app").unwrap();
+    let config = ServiceBusConfig::connection_string(CS)
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap();
     assert_eq!(config.topic_name(), Some("keyvault-events"));
     assert_eq!(config.namespace(), Some("my-ns.servicebus.windows.net"));
     let without = CS.replace(";EntityPath=keyvault-events", "");
-    let config = ServiceBusConfig::connection_string(&without, "app").unwrap();
+    let config = ServiceBusConfig::connection_string(&without)
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap();
     assert_eq!(config.topic_name(), None);
     assert_eq!(config.topic("other").unwrap().topic_name(), Some("other"));
 }
@@ -80,31 +96,37 @@ fn connection_string_registration_takes_the_topic_from_entity_path() {
 #[test]
 fn connection_string_registration_refuses_bad_arguments() {
     assert_eq!(
-        argument(ServiceBusConfig::connection_string("  ", "app")),
+        argument(
+            ServiceBusConfig::connection_string("  ").and_then(|c| c.subscription_prefix("app"))
+        ),
         "connection string"
     );
     assert_eq!(
-        argument(ServiceBusConfig::connection_string(CS, " ")),
+        argument(ServiceBusConfig::connection_string(CS).and_then(|c| c.subscription_prefix(" "))),
         "subscription name prefix"
     );
     let no_key = "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=listen";
-    let error = ServiceBusConfig::connection_string(no_key, "app").unwrap_err();
+    let error = ServiceBusConfig::connection_string(no_key)
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap_err();
     assert_eq!(
         error.to_string(),
         "invalid Service Bus setting `connection string`: needs `SharedAccessKeyName` and `SharedAccessKey`, or `SharedAccessSignature`"
     );
     assert_eq!(
-        argument(ServiceBusConfig::connection_string(
-            "SharedAccessKey=k",
-            "app"
-        )),
+        argument(
+            ServiceBusConfig::connection_string("SharedAccessKey=k")
+                .and_then(|c| c.subscription_prefix("app"))
+        ),
         "connection string"
     );
     assert_eq!(
-        argument(ServiceBusConfig::connection_string(
-            "Endpoint=http://x/;SharedAccessKeyName=a;SharedAccessKey=k",
-            "app"
-        )),
+        argument(
+            ServiceBusConfig::connection_string(
+                "Endpoint=http://x/;SharedAccessKeyName=a;SharedAccessKey=k"
+            )
+            .and_then(|c| c.subscription_prefix("app"))
+        ),
         "connection string"
     );
 }
@@ -112,26 +134,27 @@ fn connection_string_registration_refuses_bad_arguments() {
 #[test]
 fn the_store_registration_refuses_a_blank_secret_key_or_prefix() {
     assert_eq!(
-        argument(ServiceBusConfig::connection_string_from_store(
-            InMemoryVault::new(),
-            " ",
-            "app"
-        )),
+        argument(
+            ServiceBusConfig::connection_string_from_store(InMemoryVault::new(), " ")
+                .and_then(|c| c.subscription_prefix("app"))
+        ),
         "secret key"
     );
     assert_eq!(
-        argument(ServiceBusConfig::connection_string_from_store(
-            InMemoryVault::new(),
-            "ServiceBus--ConnectionString",
-            ""
-        )),
+        argument(
+            ServiceBusConfig::connection_string_from_store(
+                InMemoryVault::new(),
+                "ServiceBus--ConnectionString"
+            )
+            .and_then(|c| c.subscription_prefix(""))
+        ),
         "subscription name prefix"
     );
     let config = ServiceBusConfig::connection_string_from_store(
         InMemoryVault::new(),
         "ServiceBus--ConnectionString",
-        "app",
     )
+    .and_then(|c| c.subscription_prefix("app"))
     .unwrap();
     assert_eq!(
         (config.namespace(), config.topic_name()),
@@ -157,7 +180,9 @@ fn emulator_connection_strings_use_plain_amqp_and_honour_the_port() {
 
 #[test]
 fn subscriptions_existing_or_created_are_checked() {
-    let config = ServiceBusConfig::connection_string(CS, "app").unwrap();
+    let config = ServiceBusConfig::connection_string(CS)
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap();
     assert_eq!(
         argument(config.clone().existing_subscription(" ")),
         "subscription name"
@@ -173,10 +198,8 @@ fn subscriptions_existing_or_created_are_checked() {
             name: "shared-sub".to_owned()
         }
     );
-    let too_short = SubscriptionProperties {
-        auto_delete_on_idle: Duration::from_secs(60),
-        ..SubscriptionProperties::default()
-    };
+    let too_short =
+        SubscriptionProperties::default().with_auto_delete_on_idle(Duration::from_secs(60));
     assert_eq!(
         argument(config.subscription_properties(too_short)),
         "auto delete on idle"
@@ -185,7 +208,9 @@ fn subscriptions_existing_or_created_are_checked() {
 
 #[test]
 fn no_key_or_connection_string_reaches_debug_output() {
-    let config = ServiceBusConfig::connection_string(CS, "app").unwrap();
+    let config = ServiceBusConfig::connection_string(CS)
+        .and_then(|c| c.subscription_prefix("app"))
+        .unwrap();
     let shown = format!("{config:?}");
     assert!(!shown.contains("c2VjcmV0LWtleQ"), "{shown}");
     assert!(shown.contains("key of policy `listen`"), "{shown}");

@@ -32,7 +32,8 @@ async fn emulator_with(topic: &str) -> ServiceBusEmulator {
 
 /// The connection-string registration, pointed at the emulator.
 fn config(emulator: &ServiceBusEmulator, topic: &str) -> ServiceBusConfig {
-    ServiceBusConfig::connection_string(&emulator.connection_string(Some(topic)), "app")
+    ServiceBusConfig::connection_string(&emulator.connection_string(Some(topic)))
+        .and_then(|c| c.subscription_prefix("app"))
         .unwrap()
         .management_endpoint(emulator.management_endpoint())
         .unwrap()
@@ -230,7 +231,9 @@ async fn a_credential_that_is_not_ready_at_first_connects_once_it_is() {
     let topic = unique_topic("identity");
     let emulator = emulator_with(&topic).await;
     let credential = Arc::new(NotReadyAtFirst::new(emulator.bearer_token(), 1));
-    let config = ServiceBusConfig::with_credential(&topic, "app", "my-ns", credential.clone())
+    let config = ServiceBusConfig::with_credential("my-ns", credential.clone())
+        .and_then(|c| c.topic(&topic))
+        .and_then(|c| c.subscription_prefix("app"))
         .unwrap()
         .amqp_endpoint(&emulator.amqp_url())
         .unwrap()

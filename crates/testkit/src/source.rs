@@ -151,6 +151,7 @@ impl SettlementLog {
                 Settlement::DeadLetter {
                     reason,
                     description,
+                    ..
                 } => Some((r.message_id.clone(), reason.clone(), description.clone())),
                 _ => None,
             })
@@ -289,17 +290,17 @@ impl EventSource for InMemoryEventSource {
                         message.delivery_count += 1;
                         state.next_lock += 1;
                         let lock = state.next_lock;
-                        batch.push(Delivery {
-                            body: message.body.clone(),
-                            properties: message.properties.clone(),
-                            message_id: Some(message.id.clone()),
-                            delivery_count: message.delivery_count,
-                            token: DeliveryToken::new(Lock {
-                                queue: self.shared.id,
-                                source: self.id,
-                                lock,
-                            }),
+                        let token = DeliveryToken::new(Lock {
+                            queue: self.shared.id,
+                            source: self.id,
+                            lock,
                         });
+                        batch.push(
+                            Delivery::new(message.body.clone(), token)
+                                .with_properties(message.properties.clone())
+                                .with_message_id(message.id.clone())
+                                .with_delivery_count(message.delivery_count),
+                        );
                         state.in_flight.insert(lock, (self.id, message));
                     }
                     return Ok(batch);
@@ -336,19 +337,22 @@ impl EventSource for InMemoryEventSource {
         });
         match settlement {
             Settlement::Complete => {}
-            Settlement::Abandon => {
-                state.queue.push_back(message);
-                self.shared.arrivals.notify_waiters();
-            }
             Settlement::DeadLetter {
                 reason,
                 description,
+                ..
             } => state.dead_letters.push(DeadLetteredMessage {
                 message_id: message.id,
                 body: message.body,
                 reason,
                 description,
             }),
+            // Abandon, and any settlement added later that this source does not know: the
+            // message comes back, which never loses it.
+            _ => {
+                state.queue.push_back(message);
+                self.shared.arrivals.notify_waiters();
+            }
         }
         drop(state);
         self.shared.settlements.notify_waiters();

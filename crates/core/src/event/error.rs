@@ -10,6 +10,7 @@ use super::names::InvalidObjectName;
 /// which field. It never repeats the payload's values beyond event ids and object names, so it
 /// is safe to log and to put into a dead-letter description.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ParseError {
     /// Position of the offending event in the payload (0 for a single object); `None` when the
     /// payload as a whole is unusable.
@@ -21,12 +22,36 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    pub(crate) fn payload(kind: ParseErrorKind) -> Self {
+    /// An error of the payload as a whole (no event in it is to blame): what the parser
+    /// reports, and what a test compares against.
+    ///
+    /// ```
+    /// use keyvault_invalidator_core::event::{parse_events, ParseError, ParseErrorKind};
+    ///
+    /// assert_eq!(parse_events(b"[]"), Err(ParseError::payload(ParseErrorKind::EmptyArray)));
+    /// assert_eq!(
+    ///     parse_events(b"[1]"),
+    ///     Err(ParseError::payload(ParseErrorKind::NotAnObject { found: "a number" }).at_index(0)),
+    /// );
+    /// ```
+    pub fn payload(kind: ParseErrorKind) -> Self {
         ParseError {
             index: None,
             event_id: None,
             kind,
         }
+    }
+
+    /// The same error, blamed on the event at `index` in the payload.
+    pub fn at_index(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// The same error, naming the offending event's id.
+    pub fn for_event_id(mut self, event_id: impl Into<String>) -> Self {
+        self.event_id = Some(event_id.into());
+        self
     }
 }
 

@@ -8,6 +8,7 @@ use super::names::ObjectName;
 
 /// The envelope an event arrived in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum EventSchema {
     /// Event Grid's own schema (`eventType`, `topic`, `eventTime`, `dataVersion`).
     EventGrid,
@@ -122,6 +123,7 @@ pub struct KeyVaultEvent {
 
 /// The kinds of object a Key Vault event can be about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ObjectType {
     /// A secret (`/secrets/...`).
     Secret,
@@ -169,6 +171,7 @@ macro_rules! key_vault_event_types {
     ($($variant:ident => $object:ident, $doc:literal;)*) => {
         /// The ten event types Azure Key Vault publishes to Event Grid.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
         pub enum KeyVaultEventType {
             $(#[doc = $doc] $variant,)*
         }

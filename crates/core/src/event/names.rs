@@ -89,6 +89,7 @@ impl std::str::FromStr for ObjectName {
 /// The offending text itself is never part of the message: a malformed "name" may be anything,
 /// including a value that should not reach a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidObjectName {
     /// The name is empty (or only whitespace).
     #[error("the name is empty")]

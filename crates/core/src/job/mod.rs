@@ -20,7 +20,7 @@
 //! let job = Job::builder(source, KeyVaultInvalidator::new(cache))
 //!     .concurrency(8)
 //!     .max_attempts(10)
-//!     .spawn();
+//!     .spawn()?;
 //! // ... the application runs ...
 //! let stats = job.shutdown().await?;
 //! assert_eq!(stats.received, 0);
@@ -32,7 +32,10 @@ mod delivery;
 mod run;
 mod stats;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -67,7 +70,19 @@ impl Job {
 }
 
 /// The job's settings. Every field has a default suited to Key Vault rotations.
+///
+/// New settings may be added: start from [`JobOptions::default`] and change fields, or use
+/// the [`JobBuilder`]'s methods.
+///
+/// ```
+/// use keyvault_invalidator_core::JobOptions;
+///
+/// let mut options = JobOptions::default();
+/// options.concurrency = 16;
+/// assert_eq!(options.max_attempts, 10);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct JobOptions {
     /// A name for logs and the `job` metric label. Default `keyvault-invalidator`.
     pub name: String,
@@ -168,41 +183,95 @@ impl JobBuilder {
         self
     }
 
-    /// Starts the job on the current Tokio runtime.
+    /// Starts the job on the current Tokio runtime and returns its handle.
     ///
     /// Metric handles are registered now: install a `metrics` recorder before calling this.
     ///
-    /// # Panics
-    /// Outside a Tokio runtime, as `tokio::spawn` does.
-    pub fn spawn(self) -> JobHandle {
+    /// # Errors
+    /// [`SpawnError`] outside a Tokio runtime (where `tokio::spawn` would panic). To drive the
+    /// job on a task of your own, or without spawning at all, use [`run`](Self::run).
+    pub fn spawn(self) -> Result<JobHandle, SpawnError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(SpawnError)?;
+        let JobRun { future, monitor } = self.run();
+        let task = runtime.spawn(future);
+        Ok(JobHandle { task, monitor })
+    }
+
+    /// The job as a future the application drives itself (in its own `select!`, a
+    /// `JoinSet`, a runtime of its choosing), instead of a task [`spawn`](Self::spawn)ed for it.
+    ///
+    /// The future ends like [`JobHandle::wait`]: with the final counters once the job's
+    /// cancellation token (see [`cancellation_token`](Self::cancellation_token)) is cancelled
+    /// and the in-flight deliveries are drained, or with the error that stopped the job.
+    /// [`JobRun::monitor`] watches it meanwhile. Dropping the future stops the job at once,
+    /// without the graceful drain: deliveries in flight are not settled and come back from the
+    /// transport (at least once, never lost), and the state says
+    /// [`Failed`](JobState::Failed) with [`JobError::Dropped`].
+    ///
+    /// Metric handles are registered now: install a `metrics` recorder before calling this.
+    ///
+    /// ```
+    /// use keyvault_invalidator_core::{CancellationToken, Job, JobState, KeyVaultInvalidator};
+    /// # use std::sync::Arc;
+    /// # use keyvault_invalidator_core::{SecretCache, CacheError, EventSource, Delivery, DeliveryToken, Settlement, SourceError};
+    /// # struct NoCache;
+    /// # #[async_trait::async_trait]
+    /// # impl SecretCache for NoCache { async fn invalidate(&self, _: &str) -> Result<(), CacheError> { Ok(()) } }
+    /// # struct Idle;
+    /// # #[async_trait::async_trait]
+    /// # impl EventSource for Idle {
+    /// #     async fn receive(&self, _: usize) -> Result<Vec<Delivery>, SourceError> { std::future::pending().await }
+    /// #     async fn settle(&self, _: DeliveryToken, _: Settlement) -> Result<(), SourceError> { Ok(()) }
+    /// #     async fn close(&self) -> Result<(), SourceError> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (source, cache) = (Idle, Arc::new(NoCache));
+    /// let app_shutdown = CancellationToken::new();
+    /// let job = Job::builder(source, KeyVaultInvalidator::new(cache))
+    ///     .cancellation_token(app_shutdown.clone())
+    ///     .run();
+    /// let monitor = job.monitor();
+    /// assert!(matches!(monitor.state(), JobState::Running));
+    ///
+    /// app_shutdown.cancel(); // the application is stopping: the job drains and ends
+    /// let stats = job.await?;
+    /// assert_eq!(stats.received, 0);
+    /// assert!(matches!(monitor.state(), JobState::Stopped));
+    /// # Ok(()) }
+    /// ```
+    pub fn run(self) -> JobRun {
         let mut options = self.options;
         options.concurrency = options.concurrency.max(1);
         options.max_attempts = options.max_attempts.max(1);
         // The job's own token: the lent one (or the default) cancels it, but cancelling it,
         // as `shutdown` does, reaches no further than this job.
         let cancellation = self.cancellation.child_token();
-        let stats = Arc::new(Stats::new(&options.name));
-        let state = Arc::new(Mutex::new(JobState::Running));
+        let monitor = JobMonitor {
+            stats: Arc::new(Stats::new(&options.name)),
+            state: Arc::new(Mutex::new(JobState::Running)),
+            cancellation: cancellation.clone(),
+        };
         let engine = run::Engine {
             source: self.source,
             invalidator: self.invalidator,
             options,
-            stats: stats.clone(),
-            state: state.clone(),
-            shutdown: cancellation.clone(),
+            stats: monitor.stats.clone(),
+            state: monitor.state.clone(),
+            shutdown: cancellation,
         };
-        let task = tokio::spawn(engine.supervised());
-        JobHandle {
-            task,
-            stats,
-            state,
-            cancellation,
-        }
+        let stats = monitor.stats.clone();
+        let future = Box::pin(async move {
+            engine.supervised().await?;
+            Ok(stats.snapshot())
+        });
+        JobRun { future, monitor }
     }
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum JobState {
     /// Receiving and processing.
     Running,
@@ -210,40 +279,90 @@ pub enum JobState {
     ShuttingDown,
     /// Stopped after a shutdown.
     Stopped,
-    /// Stopped by an error it could not recover from (the message): a fatal source error, a
-    /// panic in the engine, or its task ending before the job stopped. Set the moment the job
+    /// Stopped by an error it could not recover from: a fatal source error, a panic in the
+    /// engine, or its task or future dropped before the job stopped. Set the moment the job
     /// gives up, without anyone awaiting the handle; deliveries already in flight may still be
     /// finishing then ([`JobHandle::is_finished`] says when everything has ended).
-    Failed(String),
+    Failed(JobError),
+}
+
+impl JobState {
+    /// Whether the job is receiving and processing.
+    pub fn is_running(&self) -> bool {
+        matches!(self, JobState::Running)
+    }
+
+    /// The error that stopped the job, if one did.
+    pub fn error(&self) -> Option<&JobError> {
+        match self {
+            JobState::Failed(error) => Some(error),
+            _ => None,
+        }
+    }
 }
 
 /// Why a job stopped on its own.
-#[derive(Debug, thiserror::Error)]
+///
+/// It is `Clone` (its source error is shared) so that [`JobState::Failed`] and
+/// [`JobHandle::wait`] give the same error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     /// The source reported a fatal error (credentials that stay bad, an entity that is gone), or
     /// was closed while the job was not shutting down.
     #[error("the event source failed: {0}")]
-    Source(#[source] SourceError),
-    /// The job's engine panicked, or its task was aborted.
-    #[error("the job task ended abnormally: {0}")]
-    Task(String),
+    Source(#[source] Arc<SourceError>),
+    /// The job's engine panicked (a panic in the source, the invalidator or the cache is caught
+    /// per delivery and never gets here).
+    #[error("the job's engine panicked: {0}")]
+    Panicked(#[source] EnginePanic),
+    /// The job's task was aborted, its runtime shut down, or the [`JobBuilder::run`] future was
+    /// dropped, before the job stopped.
+    #[error("the job was dropped before it stopped (its task aborted, its runtime shut down, or its future dropped)")]
+    Dropped,
 }
 
-/// Controls a running job.
-///
-/// Dropping the handle does **not** stop the job: it runs on, detached, until its cancellation
-/// token (or the one lent to [`JobBuilder::cancellation_token`]) is cancelled or it fails, and
-/// nobody can then learn why it stopped or close it gracefully. Keep the handle and stop the job
-/// with [`shutdown`](JobHandle::shutdown).
-#[must_use = "dropping a JobHandle detaches the job: it stops only through the handle's shutdown() or its cancellation token"]
-pub struct JobHandle {
-    task: JoinHandle<Result<(), JobError>>,
+impl JobError {
+    pub(crate) fn source_failed(error: SourceError) -> Self {
+        JobError::Source(Arc::new(error))
+    }
+}
+
+/// A panic in the job's engine, with the message it panicked with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct EnginePanic {
+    message: String,
+}
+
+impl EnginePanic {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        EnginePanic {
+            message: message.into(),
+        }
+    }
+
+    /// What the engine panicked with (the panic's `&str` or `String` payload).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// [`JobBuilder::spawn`] was called outside a Tokio runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("the invalidation job needs a Tokio runtime to spawn on: call spawn() from inside one, or drive JobBuilder::run() yourself")]
+pub struct SpawnError(#[source] tokio::runtime::TryCurrentError);
+
+/// Watches a job from anywhere: its state, its counters, its cancellation token. Cheap to
+/// clone; from [`JobHandle::monitor`] or [`JobRun::monitor`].
+#[derive(Clone)]
+pub struct JobMonitor {
     stats: Arc<Stats>,
     state: Arc<Mutex<JobState>>,
     cancellation: CancellationToken,
 }
 
-impl JobHandle {
+impl JobMonitor {
     /// The counters so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
@@ -259,6 +378,82 @@ impl JobHandle {
     pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancellation
     }
+}
+
+impl std::fmt::Debug for JobMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobMonitor")
+            .field("state", &self.state())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The job as a future, from [`JobBuilder::run`]: it resolves to the final counters when the
+/// job stops after its token is cancelled, or to the error that stopped it.
+#[must_use = "a JobRun does nothing unless awaited (or spawned)"]
+pub struct JobRun {
+    future: Pin<Box<dyn Future<Output = Result<StatsSnapshot, JobError>> + Send>>,
+    monitor: JobMonitor,
+}
+
+impl JobRun {
+    /// Watches the job while the future runs, and after it ended.
+    pub fn monitor(&self) -> JobMonitor {
+        self.monitor.clone()
+    }
+}
+
+impl Future for JobRun {
+    type Output = Result<StatsSnapshot, JobError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for JobRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRun")
+            .field("monitor", &self.monitor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Controls a running job.
+///
+/// Dropping the handle does **not** stop the job: it runs on, detached, until its cancellation
+/// token (or the one lent to [`JobBuilder::cancellation_token`]) is cancelled or it fails, and
+/// nobody can then learn why it stopped or close it gracefully. Keep the handle and stop the job
+/// with [`shutdown`](JobHandle::shutdown).
+#[must_use = "dropping a JobHandle detaches the job: it stops only through the handle's shutdown() or its cancellation token"]
+pub struct JobHandle {
+    task: JoinHandle<Result<StatsSnapshot, JobError>>,
+    monitor: JobMonitor,
+}
+
+impl JobHandle {
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.monitor.stats()
+    }
+
+    /// Where the job is in its life; a fatal error shows here as soon as it happens.
+    pub fn state(&self) -> JobState {
+        self.monitor.state()
+    }
+
+    /// A watcher of the job that outlives the handle (which [`shutdown`](Self::shutdown) and
+    /// [`wait`](Self::wait) consume): for health checks, say.
+    pub fn monitor(&self) -> JobMonitor {
+        self.monitor.clone()
+    }
+
+    /// The token that stops the job: a child of the one lent to
+    /// [`JobBuilder::cancellation_token`], so cancelling it stops this job only.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        self.monitor.cancellation_token()
+    }
 
     /// Whether the job has stopped (shut down, or failed).
     pub fn is_finished(&self) -> bool {
@@ -272,16 +467,20 @@ impl JobHandle {
     /// It cancels the job's own token only: a token lent to
     /// [`JobBuilder::cancellation_token`] stays uncancelled.
     pub async fn shutdown(self) -> Result<StatsSnapshot, JobError> {
-        self.cancellation.cancel();
+        self.monitor.cancellation.cancel();
         self.wait().await
     }
 
     /// Waits until the job stops by itself (a fatal error, or its token cancelled elsewhere).
     pub async fn wait(self) -> Result<StatsSnapshot, JobError> {
         match self.task.await {
-            Ok(Ok(())) => Ok(self.stats.snapshot()),
-            Ok(Err(error)) => Err(error),
-            Err(join_error) => Err(JobError::Task(join_error.to_string())),
+            Ok(result) => result,
+            // The engine catches its own panics, so a join error is an aborted task, or a
+            // panic that escaped the catch; either way the state already says `Failed`.
+            Err(join_error) if join_error.is_panic() => Err(JobError::Panicked(EnginePanic::new(
+                delivery::panic_message(join_error.into_panic().as_ref()),
+            ))),
+            Err(_) => Err(JobError::Dropped),
         }
     }
 }

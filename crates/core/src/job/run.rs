@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::delivery::{panic_message, Worker};
 use super::stats::Stats;
-use super::{lock, JobError, JobOptions, JobState};
+use super::{lock, EnginePanic, JobError, JobOptions, JobState};
 use crate::invalidator::Invalidator;
 use crate::source::{EventSource, Settlement, SourceError, SourceErrorKind};
 
@@ -30,7 +30,7 @@ pub(super) struct Engine {
 
 impl Engine {
     /// Runs the engine and makes sure that however it ends, [`JobState`] says so at once: a
-    /// panic anywhere in the engine becomes [`JobError::Task`] and `Failed`, and a task dropped
+    /// panic anywhere in the engine becomes [`JobError::Panicked`] and `Failed`, and a task dropped
     /// before the engine finished (aborted, or its runtime shut down) leaves `Failed` too, so
     /// that a job never looks `Running` when nothing runs.
     pub(super) async fn supervised(self) -> Result<(), JobError> {
@@ -40,12 +40,9 @@ impl Engine {
         match AssertUnwindSafe(self.run()).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => {
-                let error = JobError::Task(format!(
-                    "the engine panicked: {}",
-                    panic_message(panic.as_ref())
-                ));
+                let error = JobError::Panicked(EnginePanic::new(panic_message(panic.as_ref())));
                 tracing::error!(%error, "the invalidation job stopped");
-                *lock(&state) = JobState::Failed(error.to_string());
+                *lock(&state) = JobState::Failed(error.clone());
                 // The in-flight tasks were aborted with the engine's JoinSet; closing the source
                 // hands their deliveries back now rather than when their locks expire.
                 close_source(source.as_ref()).await;
@@ -75,7 +72,7 @@ impl Engine {
         // follows: only a requested stop is `ShuttingDown`.
         *lock(&self.state) = match &result {
             Ok(()) => JobState::ShuttingDown,
-            Err(error) => JobState::Failed(error.to_string()),
+            Err(error) => JobState::Failed(error.clone()),
         };
         let in_flight = tasks.len();
         let drained = tokio::time::timeout(self.options.shutdown_deadline, drain(&mut tasks)).await;
@@ -98,7 +95,7 @@ impl Engine {
 
         let final_state = match &result {
             Ok(()) => JobState::Stopped,
-            Err(error) => JobState::Failed(error.to_string()),
+            Err(error) => JobState::Failed(error.clone()),
         };
         tracing::info!(job = %self.options.name, state = ?final_state, stats = ?self.stats.snapshot(), "invalidation job stopped");
         *lock(&self.state) = final_state;
@@ -174,7 +171,7 @@ impl Engine {
                     SourceErrorKind::Fatal | SourceErrorKind::Closed => {
                         self.stats.receive_error();
                         tracing::error!(%error, "the event source failed fatally; the job stops");
-                        return Err(JobError::Source(error));
+                        return Err(JobError::source_failed(error));
                     }
                     _ => {
                         self.stats.receive_error();
@@ -211,10 +208,7 @@ impl Drop for MarkFailedIfUnfinished {
     fn drop(&mut self) {
         let mut state = lock(&self.0);
         if matches!(*state, JobState::Running | JobState::ShuttingDown) {
-            *state = JobState::Failed(
-                "the job task ended abnormally: it was dropped before the job stopped (aborted, or its runtime shut down)"
-                    .to_owned(),
-            );
+            *state = JobState::Failed(JobError::Dropped);
         }
     }
 }

@@ -8,6 +8,7 @@ use metrics::{Counter, Histogram};
 
 /// A point-in-time copy of the job's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StatsSnapshot {
     /// Deliveries received from the source.
     pub received: u64,

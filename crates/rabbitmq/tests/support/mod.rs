@@ -75,10 +75,12 @@ fn rand_u32() -> u32 {
 /// An instance-mode configuration on an exchange and dead-letter pair of its own.
 pub fn isolated_instance(url: &str, test: &str) -> RabbitMqConfig {
     let exchange = unique(&format!("{test}-ex"));
-    RabbitMqConfig::instance(url, &unique(test))
+    RabbitMqConfig::new(url)
+        .and_then(|c| c.instance_prefix(&unique(test)))
         .unwrap()
         .exchange(&exchange)
-        .dead_letter(&format!("{exchange}-dlx"), &format!("{exchange}-dlq"))
+        .dead_letter_exchange(&format!("{exchange}-dlx"))
+        .dead_letter_queue(&format!("{exchange}-dlq"))
 }
 
 /// A publishing channel with confirms, as an application publishing events would open.

@@ -36,6 +36,7 @@ pub enum ManagementFailure {
 /// error (reqwest's, the credential's) is the [source](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
+#[non_exhaustive]
 pub struct ManagementError {
     failure: ManagementFailure,
     message: String,

@@ -39,6 +39,7 @@ const MANAGE_RIGHTS: &str = "the identity needs the Azure Service Bus Data Owner
 
 /// How management requests are authorised.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum ManagementAuth {
     /// Signed with a shared access policy's key, or a ready-made signature.
     SharedAccess(SharedAccess),
@@ -48,6 +49,7 @@ pub enum ManagementAuth {
 
 /// What creating a subscription found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Creation {
     /// It was created (201).
     Created,
@@ -59,6 +61,7 @@ pub enum Creation {
 
 /// What deleting a subscription found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Deletion {
     /// It was deleted (200).
     Deleted,

@@ -375,17 +375,19 @@ impl ServiceBusSource {
             )),
             _ => None,
         };
-        Delivery {
-            delivery_count: received.delivery_count(),
-            body: Bytes::from(received.body),
-            properties: received.properties,
-            message_id: received.message_id,
-            token: DeliveryToken::new(Token {
-                generation,
-                delivery: DeliveryInfo::from(delivery),
-                lock,
-                locked_until: received.locked_until,
-            }),
+        let token = DeliveryToken::new(Token {
+            generation,
+            delivery: DeliveryInfo::from(delivery),
+            lock,
+            locked_until: received.locked_until,
+        });
+        let delivery_count = received.delivery_count();
+        let delivery = Delivery::new(Bytes::from(received.body), token)
+            .with_delivery_count(delivery_count)
+            .with_properties(received.properties);
+        match received.message_id {
+            Some(id) => delivery.with_message_id(id),
+            None => delivery,
         }
     }
 
@@ -402,10 +404,9 @@ impl ServiceBusSource {
         }
         tracing::warn!(subscription = %self.inner.subscription, "the subscription is gone (removed while idle?); creating it again");
         self.inner.upkeep.subscription_may_be_gone();
-        SourceError {
-            kind: SourceErrorKind::Transient,
-            ..error
-        }
+        let mut error = error;
+        error.kind = SourceErrorKind::Transient;
+        error
     }
 
     fn lost(&self, slot: &mut ConnectSlot<Link>, error: SourceError) -> SourceError {
@@ -479,14 +480,17 @@ impl EventSource for ServiceBusSource {
         }
         let outcome = match settlement {
             Settlement::Complete => Outcome::Accept,
-            Settlement::Abandon => Outcome::Abandon,
             Settlement::DeadLetter {
                 reason,
                 description,
+                ..
             } => Outcome::DeadLetter {
                 reason,
                 description,
             },
+            // Abandon, and any settlement added later that this source does not know: the
+            // message comes back, which never loses it.
+            _ => Outcome::Abandon,
         };
         let (reply, answer) = oneshot::channel();
         let command = Command::Settle {

@@ -251,7 +251,9 @@ mod tests {
 
     fn from_store(connection_string: &str) -> ServiceBusConfig {
         let store = StaticProvider::new([("sb", connection_string)]);
-        ServiceBusConfig::connection_string_from_store(store, "sb", "app").unwrap()
+        ServiceBusConfig::connection_string_from_store(store, "sb")
+            .and_then(|c| c.subscription_prefix("app"))
+            .unwrap()
     }
 
     #[tokio::test]

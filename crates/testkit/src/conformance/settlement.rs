@@ -4,7 +4,7 @@
 //! One file per promise family, so an adapter author whose check fails finds the promise, its
 //! wording and its test together.
 
-use keyvault_invalidator_core::{EventSource, Settlement};
+use keyvault_invalidator_core::{DeadLetterReason, EventSource, Settlement};
 
 use super::*;
 
@@ -78,10 +78,10 @@ pub async fn dead_letter_records_the_reason<T: ConformanceTarget>(target: &T) {
     let source = target.new_source().await;
     target.publish(&source, "dead-1", &body(3)).await;
     let delivery = receive_some(&source, 10, what).await.remove(0);
-    let settlement = Settlement::DeadLetter {
-        reason: "MalformedPayload".to_owned(),
-        description: "event 0: the payload is not valid JSON".to_owned(),
-    };
+    let settlement = Settlement::dead_letter(
+        DeadLetterReason::MalformedPayload,
+        "event 0: the payload is not valid JSON",
+    );
     settle(&source, delivery, settlement, what).await;
     assert_quiet(&source, what).await;
     let letters = target.dead_letters(&source).await;
