@@ -3,9 +3,9 @@
 //! polling and for keyvault-invalidator's two modes.
 //!
 //! Everything runs on a virtual clock in whole microseconds (no sleeping, no async, no wall
-//! time), and every random draw comes from seeded [`StdRng`]s, so a configuration gives the same
-//! numbers bit for bit on every run (with the same `rand` release: `StdRng`'s algorithm is not
-//! promised across releases).
+//! time), and every random draw comes from seeded [`StdRng`](rand::rngs::StdRng)s, so a
+//! configuration gives the same numbers bit for bit on every run (with the same `rand` release:
+//! `StdRng`'s algorithm is not promised across releases).
 //!
 //! # The model
 //!
@@ -46,8 +46,8 @@
 //!
 //! # Where things are
 //!
-//! - [`config`](SimConfig): what a run is given ([`SimConfig`], [`StrategySpec`]) and what it
-//!   rejects ([`ConfigError`]);
+//! - `config`: what a run is given ([`SimConfig`], [`StrategySpec`]) and what it rejects
+//!   ([`ConfigError`]);
 //! - `scenario`: everything drawn at random, once, for all strategies;
 //! - `pair_sim`: one (instance, secret) pair stepped under one strategy, where the model's rules
 //!   live;
