@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{sas, Shared, POLICY_NAME};
+use super::{sas, Namespace, POLICY_NAME};
 
 /// The token type of a shared access signature.
 pub(crate) const SAS_TOKEN_TYPE: &str = "servicebus.windows.net:sastoken";
@@ -63,7 +63,7 @@ fn covers(granted: &str, entity: &str) -> bool {
 /// Decides a `put-token`: the status code and description to answer. On success the grant is
 /// recorded on the connection.
 pub(crate) fn put_token(
-    shared: &Shared,
+    shared: &Namespace,
     grants: &Grants,
     audience: &str,
     token_type: &str,
@@ -107,7 +107,7 @@ fn is_sas(token: &str) -> bool {
 
 /// The token's expiry if it is a valid signature whose resource covers the audience's path.
 fn sas_expiry(
-    shared: &Shared,
+    shared: &Namespace,
     token: &str,
     path: &str,
     now: SystemTime,

@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::state::{Creation, SubscriptionSettings};
-use super::Shared;
+use super::entities::{Creation, SubscriptionSettings};
+use super::Namespace;
 
 /// One request the management endpoint answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub(crate) async fn bind() -> std::io::Result<TcpListener> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await
 }
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Namespace>) {
     let mut connections = JoinSet::new();
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -91,7 +91,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Namespace, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let authorization = request
@@ -160,7 +160,7 @@ impl From<(StatusCode, String)> for Answer {
 }
 
 fn answer(
-    shared: &Shared,
+    shared: &Namespace,
     method: &Method,
     path: &str,
     authorization: Option<&str>,

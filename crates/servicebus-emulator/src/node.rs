@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::amqp::{self, Address, Conn, Entity, LOCK_LOST, LOCK_LOST_DESCRIPTION};
 use super::cbs;
-use super::state::{system_time, Settlement};
+use super::entities::{system_time, Settlement};
 
 /// A response on a node's reply link.
 pub(crate) type Reply = Message<AmqpValue<Value>>;

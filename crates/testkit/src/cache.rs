@@ -16,24 +16,27 @@ use tokio::sync::watch;
 /// to test concurrency limits and shutdown.
 #[derive(Clone)]
 pub struct RecordingCache {
-    shared: Arc<Shared>,
+    shared: Arc<RecorderShared>,
 }
 
-struct Shared {
-    state: Mutex<State>,
+/// What the clones of a [`RecordingCache`] share.
+struct RecorderShared {
+    state: Mutex<RecorderState>,
     held: watch::Sender<bool>,
     running: AtomicUsize,
     most_running: AtomicUsize,
 }
 
+/// The calls recorded so far and the faults scripted for the next ones.
 #[derive(Default)]
-struct State {
+struct RecorderState {
     calls: Vec<CacheCall>,
-    faults: VecDeque<Fault>,
+    faults: VecDeque<CacheFault>,
 }
 
+/// A scripted failure of the next call.
 #[derive(Clone, Copy)]
-enum Fault {
+enum CacheFault {
     Fail { retryable: bool },
     Panic,
 }
@@ -85,8 +88,8 @@ impl RecordingCache {
     /// An empty record, no faults.
     pub fn new() -> Self {
         RecordingCache {
-            shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
+            shared: Arc::new(RecorderShared {
+                state: Mutex::new(RecorderState::default()),
                 held: watch::Sender::new(false),
                 running: AtomicUsize::new(0),
                 most_running: AtomicUsize::new(0),
@@ -99,14 +102,14 @@ impl RecordingCache {
         let mut state = self.lock();
         state
             .faults
-            .extend(std::iter::repeat_n(Fault::Fail { retryable }, count));
+            .extend(std::iter::repeat_n(CacheFault::Fail { retryable }, count));
     }
 
     /// Makes the next `count` calls panic.
     pub fn panic_next(&self, count: usize) {
         self.lock()
             .faults
-            .extend(std::iter::repeat_n(Fault::Panic, count));
+            .extend(std::iter::repeat_n(CacheFault::Panic, count));
     }
 
     /// Makes calls wait until [`release`](Self::release).
@@ -149,7 +152,7 @@ impl RecordingCache {
         self.shared.most_running.load(Ordering::SeqCst)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, RecorderState> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -166,11 +169,11 @@ impl RecordingCache {
         let _ = held.wait_for(|held| !held).await;
         let fault = self.lock().faults.pop_front();
         let result = match fault {
-            Some(Fault::Panic) => panic!("injected panic in RecordingCache"),
-            Some(Fault::Fail { retryable: true }) => {
+            Some(CacheFault::Panic) => panic!("injected panic in RecordingCache"),
+            Some(CacheFault::Fail { retryable: true }) => {
                 Err(CacheError::retryable(key, "injected retryable failure"))
             }
-            Some(Fault::Fail { retryable: false }) => {
+            Some(CacheFault::Fail { retryable: false }) => {
                 Err(CacheError::permanent(key, "injected permanent failure"))
             }
             None => Ok(()),

@@ -41,7 +41,7 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// ```
 #[derive(Clone)]
 pub struct InMemoryEventSource {
-    shared: Arc<Shared>,
+    shared: Arc<InMemoryQueue>,
     /// Which of the queue's sources this is (clones are the same source).
     id: u64,
 }
@@ -55,20 +55,22 @@ impl Default for InMemoryEventSource {
 /// Publishes into an [`InMemoryEventSource`] and reads what happened to the messages.
 #[derive(Clone)]
 pub struct InMemoryPublisher {
-    shared: Arc<Shared>,
+    shared: Arc<InMemoryQueue>,
 }
 
+/// The queue every source opened over it and its publisher share.
 #[derive(Default)]
-struct Shared {
+struct InMemoryQueue {
     /// Which queue this is.
     id: u64,
-    state: Mutex<State>,
+    state: Mutex<QueueContents>,
     arrivals: Notify,
     settlements: Notify,
 }
 
+/// What the queue holds and what tests scripted or may ask about, behind one lock.
 #[derive(Default)]
-struct State {
+struct QueueContents {
     queue: VecDeque<Message>,
     /// By lock: the source that holds the delivery, and the message.
     in_flight: HashMap<u64, (u64, Message)>,
@@ -180,9 +182,9 @@ impl InMemoryEventSource {
     /// An empty, open source.
     pub fn new() -> Self {
         let source = InMemoryEventSource {
-            shared: Arc::new(Shared {
+            shared: Arc::new(InMemoryQueue {
                 id: NEXT_SOURCE_ID.fetch_add(1, Ordering::Relaxed),
-                ..Shared::default()
+                ..InMemoryQueue::default()
             }),
             id: NEXT_SOURCE_ID.fetch_add(1, Ordering::Relaxed),
         };
@@ -253,8 +255,8 @@ impl InMemoryEventSource {
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl InMemoryQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueContents> {
         // Test state stays usable after a panicking test thread.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -28,11 +28,12 @@ use keyvault_invalidator_core::{ProviderError, ProviderErrorKind, Secret, Secret
 /// ```
 #[derive(Clone, Default)]
 pub struct InMemoryVault {
-    shared: Arc<Mutex<State>>,
+    shared: Arc<Mutex<VaultContents>>,
 }
 
+/// The vault's secrets, the calls it answered and the faults scripted for the next ones.
 #[derive(Default)]
-struct State {
+struct VaultContents {
     /// Per name: (version, value, created), oldest first.
     secrets: HashMap<String, Vec<(String, String, DateTime<Utc>)>>,
     calls: HashMap<String, usize>,
@@ -108,7 +109,7 @@ impl InMemoryVault {
         self.lock().lagging_reads += count;
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, VaultContents> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

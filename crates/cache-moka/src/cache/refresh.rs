@@ -11,7 +11,7 @@ use keyvault_invalidator_core::{
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::{cache_key, lock, CachedSecretProvider, Entry, KeyState};
+use super::{cache_key, lock, CachedEntry, CachedSecretProvider, KeyState};
 use crate::options::RefreshMode;
 use crate::stats::bump;
 
@@ -24,7 +24,7 @@ enum Change {
 }
 
 impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
-    fn classify(entry: &Entry, change: &NewVersion) -> Change {
+    fn classify(entry: &CachedEntry, change: &NewVersion) -> Change {
         let cached = entry.secret.version();
         match change.version.as_deref() {
             Some(version) if cached.is_some_and(|c| c.eq_ignore_ascii_case(version)) => {
@@ -49,7 +49,7 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
     }
 
     /// Whether `change` is about a version newer than `entry`'s; counts the ones that are not.
-    fn is_news(&self, entry: &Entry, change: &NewVersion) -> bool {
+    fn is_news(&self, entry: &CachedEntry, change: &NewVersion) -> bool {
         match Self::classify(entry, change) {
             Change::Duplicate => bump(&self.inner.counters.duplicate_events),
             Change::Older => bump(&self.inner.counters.older_events),
@@ -126,10 +126,10 @@ impl<P: SecretProvider + 'static> CachedSecretProvider<P> {
         &self,
         key: &str,
         name: &str,
-        loaded: Entry,
-        previous: Option<&Entry>,
+        loaded: CachedEntry,
+        previous: Option<&CachedEntry>,
         change: &NewVersion,
-    ) -> Result<Entry, ProviderError> {
+    ) -> Result<CachedEntry, ProviderError> {
         let standing = standing(&loaded.secret, previous, change);
         match (standing, change.version.as_deref()) {
             (Standing::AtLeast, _) | (Standing::Unknown, None) => Ok(loaded),
@@ -325,7 +325,7 @@ enum Standing {
     Unknown,
 }
 
-fn standing(loaded: &Secret, previous: Option<&Entry>, change: &NewVersion) -> Standing {
+fn standing(loaded: &Secret, previous: Option<&CachedEntry>, change: &NewVersion) -> Standing {
     let Some(version) = loaded.version() else {
         return Standing::Unknown;
     };

@@ -47,29 +47,24 @@
 //! (The example uses `azure_security_keyvault_secrets`, a dev-dependency of the crates that test
 //! against the stand-in.)
 
-use std::collections::{HashMap, VecDeque};
+mod credential;
+mod server;
+
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use async_trait::async_trait;
-use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::http::{ClientOptions, HttpClient, RetryOptions, Transport};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
+
+pub use credential::FakeTokenCredential;
+use server::{other, serve, unix_now, ServerContext, StoredSecret, StoredVersion, VaultState};
 
 /// The vault name used by [`KeyVaultStandIn::start`].
 pub const DEFAULT_VAULT_NAME: &str = "standin-kv";
@@ -132,39 +127,39 @@ pub struct RecordedRequest {
 }
 
 /// A local stand-in of Key Vault's secrets API. Dropping it stops the server.
+///
+/// A test starts one, writes secrets with [`set_secret`](Self::set_secret) (each write is a new
+/// version, as a rotation), gives the SDK [`endpoint`](Self::endpoint),
+/// [`credential`](Self::credential) and [`client_options`](Self::client_options), scripts
+/// failures with [`fail_next`](Self::fail_next), and counts what the code under test asked for
+/// with [`calls`](Self::calls).
+///
+/// ```
+/// use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+/// use keyvault_invalidator_testkit::keyvault_standin::{Fault, KeyVaultStandIn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let standin = KeyVaultStandIn::start().await?;
+/// let first = standin.set_secret("db-password", "old");
+/// let options = SecretClientOptions { client_options: standin.client_options(), ..Default::default() };
+/// let client = SecretClient::new(standin.endpoint(), standin.credential(), Some(options))?;
+///
+/// // The fault is spent by the first authorized request, after the challenge round trip.
+/// standin.fail_next(1, Fault::Forbidden);
+/// assert!(client.get_secret("db-password", None).await.is_err());
+///
+/// let second = standin.rotate("db-password", "new");
+/// assert_ne!(first, second);
+/// let secret = client.get_secret("db-password", None).await?.into_model()?;
+/// assert_eq!(secret.value.as_deref(), Some("new"));
+/// # Ok(()) }
+/// ```
 pub struct KeyVaultStandIn {
-    shared: Arc<Shared>,
+    shared: Arc<ServerContext>,
     endpoint: String,
     transport: Arc<dyn HttpClient>,
     credential: Arc<FakeTokenCredential>,
     server: JoinHandle<()>,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    token: String,
-    base_url: String,
-}
-
-#[derive(Default)]
-struct State {
-    // Keyed by lower-case name: Key Vault names are case-insensitive.
-    secrets: HashMap<String, StoredSecret>,
-    next_version: u64,
-    faults: VecDeque<Fault>,
-    requests: Vec<RecordedRequest>,
-}
-
-struct StoredSecret {
-    name: String,
-    versions: Vec<StoredVersion>,
-}
-
-struct StoredVersion {
-    version: String,
-    value: String,
-    attributes: StandInAttributes,
-    updated: i64,
 }
 
 impl KeyVaultStandIn {
@@ -215,8 +210,8 @@ impl KeyVaultStandIn {
             .map_err(other)?;
 
         let token = format!("standin-token-{}", address.port());
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+        let shared = Arc::new(ServerContext {
+            state: Mutex::new(VaultState::default()),
             token: token.clone(),
             base_url: endpoint.trim_end_matches('/').to_owned(),
         });
@@ -374,347 +369,5 @@ impl Drop for KeyVaultStandIn {
     fn drop(&mut self) {
         // Aborting the accept loop drops its JoinSet, which aborts every open connection.
         self.server.abort();
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::debug!(%error, "stand-in accept failed");
-                // Errors such as running out of file descriptors persist: do not spin on them.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        // Reap finished connections so the set does not grow with every request.
-        while connections.try_join_next().is_some() {}
-        let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        connections.spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { handle(&shared, request).await }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
-}
-
-/// Why the stand-in dropped a connection instead of answering ([`Fault::Disconnect`]).
-#[derive(Debug)]
-struct Dropped;
-
-impl fmt::Display for Dropped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection dropped by a scripted fault")
-    }
-}
-
-impl std::error::Error for Dropped {}
-
-async fn handle(
-    shared: &Shared,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
-    let (answer, delay) = decide(shared, &request);
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
-    }
-    answer
-}
-
-type Answer = Result<Response<Full<Bytes>>, Dropped>;
-
-/// Records the request and decides the answer now, so a rotation during a delayed answer does
-/// not change it (as with a real vault).
-fn decide(shared: &Shared, request: &Request<Incoming>) -> (Answer, Option<Duration>) {
-    let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (secret, version) = match segments.as_slice() {
-        ["secrets", name] => (Some(*name), None),
-        ["secrets", name, version] => (Some(*name), Some(*version)),
-        _ => (None, None),
-    };
-    let authorization = request.headers().get(AUTHORIZATION);
-    let mut state = shared.lock();
-    state.requests.push(RecordedRequest {
-        method: request.method().to_string(),
-        path: path.clone(),
-        secret: secret.map(str::to_owned),
-        version: version.map(str::to_owned),
-        authorization: authorization.is_some(),
-    });
-
-    let expected = format!("Bearer {}", shared.token);
-    if authorization.and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-        let message = if authorization.is_none() {
-            "AKV10000: Request is missing a Bearer or PoP token."
-        } else {
-            "AKV10022: Invalid audience or token."
-        };
-        return (Ok(challenge(message)), None);
-    }
-
-    let mut delay = None;
-    match state.faults.pop_front() {
-        None => {}
-        Some(Fault::Delay(after)) => delay = Some(after),
-        Some(Fault::Disconnect) => return (Err(Dropped), None),
-        Some(Fault::Unauthorized) => {
-            return (Ok(challenge("AKV10022: Invalid audience or token.")), None)
-        }
-        Some(Fault::Forbidden) => {
-            let message = "The user, group or application does not have secrets get permission \
-                           on key vault. Caller is not authorized to perform action on resource.";
-            return (
-                Ok(error_response(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    message,
-                    Some("AccessDenied"),
-                )),
-                None,
-            );
-        }
-        Some(Fault::Throttled { retry_after_secs }) => {
-            let mut response = error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Throttled",
-                "Request was not processed because too many requests were received. Reason: \
-                 VaultRequestTypeLimitReached",
-                None,
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            return (Ok(response), None);
-        }
-        Some(Fault::Status(code)) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let code = status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .replace(' ', "");
-            return (
-                Ok(error_response(status, &code, "Scripted failure.", None)),
-                None,
-            );
-        }
-    }
-
-    let answer = match (request.method(), secret) {
-        (&Method::GET, Some(name)) => read_secret(shared, &state, name, version),
-        (_, Some(_)) => error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "The stand-in serves GET only.",
-            None,
-        ),
-        (_, None) => error_response(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "The stand-in serves /secrets/{name}[/{version}] only.",
-            None,
-        ),
-    };
-    (Ok(answer), delay)
-}
-
-fn read_secret(
-    shared: &Shared,
-    state: &State,
-    name: &str,
-    version: Option<&str>,
-) -> Response<Full<Bytes>> {
-    let found = state.secrets.get(&name.to_ascii_lowercase()).and_then(|s| {
-        let chosen = match version {
-            Some(v) => s.versions.iter().find(|stored| stored.version == v),
-            None => s.versions.last(),
-        };
-        chosen.map(|stored| (s, stored))
-    });
-    let Some((secret, stored)) = found else {
-        let asked = match version {
-            Some(v) => format!("{name}/{v}"),
-            None => name.to_owned(),
-        };
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "SecretNotFound",
-            &format!("A secret with (name/id) {asked} was not found in this key vault."),
-            None,
-        );
-    };
-    let a = &stored.attributes;
-    let mut attributes = json!({
-        "enabled": true,
-        "updated": stored.updated,
-        "recoveryLevel": "Recoverable+Purgeable",
-        "recoverableDays": 90,
-    });
-    for (key, value) in [
-        ("created", a.created),
-        ("nbf", a.not_before),
-        ("exp", a.expires),
-    ] {
-        if let Some(value) = value {
-            attributes[key] = json!(value);
-        }
-    }
-    let mut body = json!({
-        "value": stored.value,
-        "id": format!("{}/secrets/{}/{}", shared.base_url, secret.name, stored.version),
-        "attributes": attributes,
-        "tags": {},
-    });
-    if let Some(content_type) = &a.content_type {
-        body["contentType"] = json!(content_type);
-    }
-    json_response(StatusCode::OK, &body)
-}
-
-fn challenge(message: &str) -> Response<Full<Bytes>> {
-    let mut response = error_response(StatusCode::UNAUTHORIZED, "Unauthorized", message, None);
-    let value = format!(
-        "Bearer authorization=\"https://login.microsoftonline.com/{CHALLENGE_TENANT}\", \
-         resource=\"https://vault.azure.net\""
-    );
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        response.headers_mut().insert(WWW_AUTHENTICATE, value);
-    }
-    response
-}
-
-fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    inner: Option<&str>,
-) -> Response<Full<Bytes>> {
-    let mut error = json!({ "code": code, "message": message });
-    if let Some(inner) = inner {
-        error["innererror"] = json!({ "code": inner });
-    }
-    json_response(status, &json!({ "error": error }))
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn other(error: impl std::fmt::Display) -> io::Error {
-    io::Error::other(error.to_string())
-}
-
-/// A [`TokenCredential`] that returns a fixed token (valid for an hour) without any login, and
-/// counts the calls. `Debug` never shows the token.
-///
-/// ```
-/// use azure_core::credentials::TokenCredential;
-/// use keyvault_invalidator_testkit::keyvault_standin::FakeTokenCredential;
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let credential = FakeTokenCredential::new("t0ken");
-/// let token = credential.get_token(&["https://vault.azure.net/.default"], None).await.unwrap();
-/// assert_eq!(token.token.secret(), "t0ken");
-/// assert_eq!(credential.calls(), 1);
-/// assert!(!format!("{credential:?}").contains("t0ken"));
-/// # }
-/// ```
-pub struct FakeTokenCredential {
-    token: Option<String>,
-    calls: AtomicUsize,
-    scopes: Mutex<Vec<String>>,
-}
-
-impl FakeTokenCredential {
-    /// A credential that always returns `token`.
-    pub fn new(token: impl Into<String>) -> Self {
-        FakeTokenCredential {
-            token: Some(token.into()),
-            calls: AtomicUsize::new(0),
-            scopes: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// A credential that always fails, as when no identity is available.
-    pub fn failing() -> Self {
-        FakeTokenCredential {
-            token: None,
-            calls: AtomicUsize::new(0),
-            scopes: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// How many tokens were asked for.
-    pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    /// The scopes of the last request for a token.
-    pub fn last_scopes(&self) -> Vec<String> {
-        self.scopes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-impl fmt::Debug for FakeTokenCredential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FakeTokenCredential")
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
-            .field("calls", &self.calls())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl TokenCredential for FakeTokenCredential {
-    async fn get_token(
-        &self,
-        scopes: &[&str],
-        _options: Option<TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<AccessToken> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        *self.scopes.lock().unwrap_or_else(|p| p.into_inner()) =
-            scopes.iter().map(|s| (*s).to_owned()).collect();
-        match &self.token {
-            Some(token) => Ok(AccessToken::new(
-                token.clone(),
-                azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
-            )),
-            None => Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Credential,
-                "FakeTokenCredential: no identity is available (scripted failure)",
-            )),
-        }
     }
 }
