@@ -194,6 +194,7 @@
 //! [`EventSource`]: keyvault_invalidator_core::EventSource
 //! [`EventSource::receive`]: keyvault_invalidator_core::EventSource::receive
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod lifecycle;
 mod slot;
