@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The vault holds the secret under its Key Vault name; the application reads it under its
     // configuration key. One mapping says how the two relate: the provider under the cache
     // asks the vault for `A--B` when the application reads `A:B` ...
-    let names = NameMapping::separator(":", "--");
+    let names = NameMapping::key_separator(":").vault_separator("--");
     let vault = InMemoryVault::new();
     let v1 = vault.set(SECRET, "Endpoint=sb://example/;SharedAccessKey=first");
     let cache = CachedSecretProvider::new(vault.clone().with_names(names.clone()));

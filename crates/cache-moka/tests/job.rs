@@ -378,7 +378,7 @@ async fn a_retry_after_longer_than_the_jobs_backoff_holds_no_delivery_and_the_va
 
 #[tokio::test]
 async fn one_name_mapping_serves_the_reader_and_the_event() {
-    let names = keyvault_invalidator_core::NameMapping::separator(":", "--");
+    let names = keyvault_invalidator_core::NameMapping::key_separator(":").vault_separator("--");
     let vault = InMemoryVault::new();
     vault.set("ServiceBus--ConnectionString", "first");
     let cache = CachedSecretProvider::new(vault.clone().with_names(names.clone()));

@@ -30,7 +30,7 @@ use crate::names::NameMapping;
 ///
 /// let invalidator = KeyVaultInvalidator::builder(cache)
 ///     .allow_vault("my-vault")
-///     .name_mapping(NameMapping::separator(":", "--"))
+///     .name_mapping(NameMapping::key_separator(":").vault_separator("--"))
 ///     .build();
 /// assert_eq!(invalidator.cache_key_for("ServiceBus--ConnectionString"), "ServiceBus:ConnectionString");
 /// ```

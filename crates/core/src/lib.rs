@@ -57,7 +57,7 @@ pub use job::{
     JobState, SpawnError, StatsSnapshot,
 };
 pub use keyvault::{KeyVaultInvalidator, KeyVaultInvalidatorBuilder};
-pub use names::{MappedNames, NameMapping};
+pub use names::{MappedNames, NameMapping, SeparatorMapping};
 pub use provider::{ProviderError, ProviderErrorKind, Secret, SecretProvider};
 pub use source::{
     DeadLetterReason, Delivery, DeliveryToken, EventSource, Settlement, SourceError,

@@ -24,7 +24,7 @@ type Map = Arc<dyn Fn(&str) -> String + Send + Sync>;
 /// ```
 /// use keyvault_invalidator_core::NameMapping;
 ///
-/// let names = NameMapping::separator(":", "--");
+/// let names = NameMapping::key_separator(":").vault_separator("--");
 /// assert_eq!(names.to_vault_name("ServiceBus:ConnectionString"), "ServiceBus--ConnectionString");
 /// assert_eq!(names.to_cache_key("ServiceBus--ConnectionString"), "ServiceBus:ConnectionString");
 /// ```
@@ -43,16 +43,23 @@ impl NameMapping {
         }
     }
 
-    /// The application writes `key_separator` where the vault's names hold `vault_separator`
-    /// (`separator(":", "--")` for Key Vault). An empty separator leaves names as they are: it
-    /// would otherwise insert the other one between every character.
+    /// The application writes `key_separator` where the vault's names hold a separator of
+    /// their own, named next with [`SeparatorMapping::vault_separator`]:
+    /// `NameMapping::key_separator(":").vault_separator("--")` for Key Vault. Two steps, so the
+    /// two separators cannot be swapped unnoticed. An empty separator leaves names as they are:
+    /// it would otherwise insert the other one between every character.
     ///
     /// Every Key Vault name survives the round trip vault → key → vault. The other way, a key
-    /// comes back unchanged unless `vault_separator` could form across a separator: with
-    /// `(":", "--")`, keys holding `--`, or a `-` beside a `:` (`A-:B` and `A:-B` are both
+    /// comes back unchanged unless the vault's separator could form across a key separator:
+    /// with `:` and `--`, keys holding `--`, or a `-` beside a `:` (`A-:B` and `A:-B` are both
     /// `A---B` in the vault).
-    pub fn separator(key_separator: impl Into<String>, vault_separator: impl Into<String>) -> Self {
-        let (key, vault) = (key_separator.into(), vault_separator.into());
+    pub fn key_separator(key_separator: impl Into<String>) -> SeparatorMapping {
+        SeparatorMapping {
+            key_separator: key_separator.into(),
+        }
+    }
+
+    fn separators(key: String, vault: String) -> Self {
         if key.is_empty() || vault.is_empty() {
             return Self::identity();
         }
@@ -89,6 +96,22 @@ impl NameMapping {
 impl Default for NameMapping {
     fn default() -> Self {
         Self::identity()
+    }
+}
+
+/// The first half of a separator mapping, from [`NameMapping::key_separator`]: name the
+/// vault's separator to finish it.
+#[derive(Debug, Clone)]
+#[must_use = "a separator mapping needs the vault's separator: call vault_separator"]
+pub struct SeparatorMapping {
+    key_separator: String,
+}
+
+impl SeparatorMapping {
+    /// The separator the vault's names hold where the application's keys hold the key
+    /// separator (`--` for Key Vault, whose names cannot hold `:`).
+    pub fn vault_separator(self, vault_separator: impl Into<String>) -> NameMapping {
+        NameMapping::separators(self.key_separator, vault_separator.into())
     }
 }
 

@@ -71,7 +71,7 @@ pub trait SecretProvider: Send + Sync {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let vault = InMemoryVault::new();
     /// vault.set("ServiceBus--ConnectionString", "Endpoint=sb://ns/");
-    /// let names = NameMapping::separator(":", "--");
+    /// let names = NameMapping::key_separator(":").vault_separator("--");
     /// let provider = vault.with_names(names.clone());
     /// let secret = provider.get_secret("ServiceBus:ConnectionString").await.unwrap();
     /// assert_eq!(secret.value().expose_secret(), "Endpoint=sb://ns/");

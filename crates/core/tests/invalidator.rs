@@ -42,7 +42,7 @@ async fn a_new_version_from_an_allowed_vault_invalidates_the_mapped_key_once() {
     let invalidator =
         KeyVaultInvalidator::builder(expect_one_new_version("ServiceBus:ConnectionString"))
             .allow_vault("Sample-KV")
-            .name_mapping(NameMapping::separator(":", "--"))
+            .name_mapping(NameMapping::key_separator(":").vault_separator("--"))
             .build();
     let body =
         KeyVaultEventBuilder::secret_new_version("ServiceBus--ConnectionString").event_grid_bytes();

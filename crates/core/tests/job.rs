@@ -87,7 +87,7 @@ async fn cloud_events_with_every_quirk_invalidate_the_mapped_key() {
     let publisher = source.publisher();
     let invalidator = KeyVaultInvalidator::builder(cache.clone())
         .allow_vault("PROD-KV")
-        .name_mapping(NameMapping::separator(":", "--"))
+        .name_mapping(NameMapping::key_separator(":").vault_separator("--"))
         .build();
     let handle = fast(Job::builder(source.clone(), invalidator))
         .spawn()

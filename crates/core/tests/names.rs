@@ -9,7 +9,7 @@ use proptest::prelude::*;
 proptest! {
     #[test]
     fn every_key_vault_name_survives_vault_to_key_to_vault(name in "[A-Za-z0-9-]{1,127}") {
-        let names = NameMapping::separator(":", "--");
+        let names = NameMapping::key_separator(":").vault_separator("--");
         prop_assert_eq!(names.to_vault_name(&names.to_cache_key(&name)), name);
     }
 
@@ -18,7 +18,7 @@ proptest! {
         // Segments joined by single `:` or `-`: no `--`, no `-` beside a `:`.
         key in "[A-Za-z0-9_.]{1,10}([:-][A-Za-z0-9_.]{1,10}){0,5}"
     ) {
-        let names = NameMapping::separator(":", "--");
+        let names = NameMapping::key_separator(":").vault_separator("--");
         prop_assert_eq!(names.to_cache_key(&names.to_vault_name(&key)), key);
     }
 
@@ -27,8 +27,8 @@ proptest! {
         for names in [
             NameMapping::identity(),
             NameMapping::default(),
-            NameMapping::separator("", "--"),
-            NameMapping::separator(":", ""),
+            NameMapping::key_separator("").vault_separator("--"),
+            NameMapping::key_separator(":").vault_separator(""),
         ] {
             prop_assert_eq!(names.to_cache_key(&name), name.clone());
             prop_assert_eq!(names.to_vault_name(&name), name.clone());
@@ -38,7 +38,7 @@ proptest! {
 
 #[test]
 fn a_separator_maps_each_occurrence_both_ways() {
-    let names = NameMapping::separator(":", "--");
+    let names = NameMapping::key_separator(":").vault_separator("--");
     assert_eq!(names.to_vault_name("A:B:C"), "A--B--C");
     assert_eq!(names.to_cache_key("A--B--C"), "A:B:C");
     assert_eq!(
@@ -69,7 +69,9 @@ async fn a_provider_with_names_asks_for_the_vaults_name_for_current_and_given_ve
     let vault = InMemoryVault::new();
     let v1 = vault.set("ServiceBus--ConnectionString", "first");
     vault.rotate("ServiceBus--ConnectionString", "second");
-    let provider = vault.clone().with_names(NameMapping::separator(":", "--"));
+    let provider = vault
+        .clone()
+        .with_names(NameMapping::key_separator(":").vault_separator("--"));
 
     let current = provider
         .get_secret("ServiceBus:ConnectionString")

@@ -48,7 +48,7 @@ use crate::error::{ProviderFailure, StoreFailures};
 /// let store = SecretStore::builder()
 ///     .add("environment", EnvProvider::builder().vars([("DB_PASSWORD", "from-env")]).build())
 ///     // Key Vault names cannot hold ':', so `ServiceBus:ConnectionString` is stored as `ServiceBus--ConnectionString`.
-///     .add_with_names("key-vault", vault, NameMapping::separator(":", "--"))
+///     .add_with_names("key-vault", vault, NameMapping::key_separator(":").vault_separator("--"))
 ///     .build();
 ///
 /// assert_eq!(store.get_secret("db-password").await?.value().expose_secret(), "from-env");
@@ -276,7 +276,7 @@ impl SecretStoreBuilder {
     }
 
     /// Adds `provider`, asking it for [`NameMapping::to_vault_name`] of the name asked of the
-    /// store: for example `NameMapping::separator(":", "--")` for Key Vault, whose names cannot
+    /// store: for example `NameMapping::key_separator(":").vault_separator("--")` for Key Vault, whose names cannot
     /// hold `:`. Give the invalidator the same mapping.
     pub fn add_with_names(
         self,

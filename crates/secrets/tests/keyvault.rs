@@ -466,7 +466,7 @@ async fn a_store_maps_names_for_key_vault_and_reads_a_connection_string() {
         .add_with_names(
             "key-vault",
             provider(&standin),
-            NameMapping::separator(":", "--"),
+            NameMapping::key_separator(":").vault_separator("--"),
         )
         .build();
 

@@ -526,7 +526,7 @@ async fn each_provider_gets_its_own_name_mapping() {
         .add_with_names(
             "key-vault",
             vault.clone(),
-            NameMapping::separator(":", "--"),
+            NameMapping::key_separator(":").vault_separator("--"),
         )
         .build();
 
@@ -572,7 +572,7 @@ async fn reads_a_connection_string_in_one_line() {
         .add_with_names(
             "key-vault",
             vault.clone(),
-            NameMapping::separator(":", "--"),
+            NameMapping::key_separator(":").vault_separator("--"),
         )
         .build();
 
@@ -693,7 +693,11 @@ async fn a_version_is_read_from_the_first_provider_that_has_the_secret_by_the_sa
     vault.rotate("db-password", "second");
     let store = SecretStore::builder()
         .add("empty", empty.clone())
-        .add_with_names("vault", vault.clone(), NameMapping::separator(":", "--"))
+        .add_with_names(
+            "vault",
+            vault.clone(),
+            NameMapping::key_separator(":").vault_separator("--"),
+        )
         .build();
 
     let old = store.get_secret_version("db-password", &v1).await.unwrap();
