@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 
 use crate::namespace::{Namespace, NamespaceState};
 use crate::{
-    amqp, management, CbsRequest, DeadLetteredMessage, LockRenewal, ManagementFault,
-    ManagementRequest, Settlement, StoredMessage, SubscriptionSettings, POLICY_NAME,
+    amqp, management, CbsRequest, DeadLetteredMessage, ManagementFault, ManagementRequest,
+    RecordedLockRenewal, RecordedSettlement, StoredMessage, SubscriptionSettings, POLICY_NAME,
 };
 
 /// A running emulator. Dropping it stops it.
@@ -300,7 +300,7 @@ impl ServiceBusEmulator {
 
     /// Every settlement receivers sent on the subscription, in order (to check that no
     /// delivery was settled twice, or that a settlement came too late).
-    pub fn settlements(&self, topic: &str, subscription: &str) -> Vec<Settlement> {
+    pub fn settlements(&self, topic: &str, subscription: &str) -> Vec<RecordedSettlement> {
         self.shared
             .lock()
             .entities
@@ -310,7 +310,11 @@ impl ServiceBusEmulator {
     }
 
     /// Every settlement receivers sent on the subscription's dead-letter sub-queue, in order.
-    pub fn dead_letter_settlements(&self, topic: &str, subscription: &str) -> Vec<Settlement> {
+    pub fn dead_letter_settlements(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Vec<RecordedSettlement> {
         self.shared
             .lock()
             .entities
@@ -322,7 +326,7 @@ impl ServiceBusEmulator {
     /// Every lock token `com.microsoft:renew-lock` requests named on the subscription's
     /// `$management` node, in order, with the new expiry (`None`: the lock was lost, answered
     /// 410). Renewals on the dead-letter sub-queue are not included.
-    pub fn lock_renewals(&self, topic: &str, subscription: &str) -> Vec<LockRenewal> {
+    pub fn lock_renewals(&self, topic: &str, subscription: &str) -> Vec<RecordedLockRenewal> {
         self.shared
             .lock()
             .entities

@@ -198,8 +198,9 @@ mod wire;
 pub use cbs::CbsRequest;
 pub use emulator::{EmulatorOptions, ServiceBusEmulator};
 pub use entities::{
-    DeadLetteredMessage, LockRenewal, Settlement, StoredMessage, SubQueue, SubscriptionSettings,
-    DEAD_LETTER_ERROR_DESCRIPTION, DEAD_LETTER_REASON, MAX_DELIVERY_COUNT_EXCEEDED,
+    DeadLetteredMessage, RecordedLockRenewal, RecordedSettlement, StoredMessage, SubQueue,
+    SubscriptionSettings, DEAD_LETTER_ERROR_DESCRIPTION, DEAD_LETTER_REASON,
+    MAX_DELIVERY_COUNT_EXCEEDED,
 };
 pub use management::{ManagementFault, ManagementRequest};
 pub use sas::{verify as verify_sas, SasRejection};

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::amqp::{self, Address, Conn, Entity, LOCK_LOST, LOCK_LOST_DESCRIPTION};
 use super::cbs;
-use super::entities::{system_time, Settlement};
+use super::entities::{system_time, RecordedSettlement};
 
 /// A response on a node's reply link.
 pub(crate) type Reply = Message<AmqpValue<Value>>;
@@ -434,11 +434,13 @@ fn update_disposition(conn: &Conn, entity: &Entity, body: &OrderedMap<Value, Val
             _ => sub.dead_letter(entity.queue, &token, &reason, &description, now),
         };
         lost |= result.is_err();
-        sub.queue_mut(entity.queue).settlements.push(Settlement {
-            lock_token: token,
-            outcome,
-            applied: result.is_ok(),
-        });
+        sub.queue_mut(entity.queue)
+            .settlements
+            .push(RecordedSettlement {
+                lock_token: token,
+                outcome,
+                applied: result.is_ok(),
+            });
     }
     if lost {
         return Answer::lock_lost();

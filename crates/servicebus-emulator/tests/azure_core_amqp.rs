@@ -22,7 +22,7 @@ use azure_core_amqp::{
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use keyvault_invalidator_servicebus_emulator::{
-    CbsRequest, ServiceBusEmulator, Settlement, SubscriptionSettings, POLICY_NAME,
+    CbsRequest, RecordedSettlement, ServiceBusEmulator, SubscriptionSettings, POLICY_NAME,
 };
 use sha2::Sha256;
 
@@ -269,8 +269,8 @@ fn kind_name(error: &AmqpError) -> String {
     format!("{name}: {error}")
 }
 
-fn settled(lock_token: &str, outcome: &'static str, applied: bool) -> Settlement {
-    Settlement {
+fn settled(lock_token: &str, outcome: &'static str, applied: bool) -> RecordedSettlement {
+    RecordedSettlement {
         lock_token: lock_token.to_owned(),
         outcome,
         applied,

@@ -25,7 +25,7 @@ use fe2o3_amqp::types::primitives::{Array, Binary, OrderedMap, SimpleValue, Symb
 use fe2o3_amqp::{Connection, Delivery, Receiver, Sender, Session};
 use hmac::{Hmac, Mac};
 use keyvault_invalidator_servicebus_emulator::{
-    LockRenewal, ServiceBusEmulator, Settlement, SubscriptionSettings, POLICY_NAME,
+    RecordedLockRenewal, RecordedSettlement, ServiceBusEmulator, SubscriptionSettings, POLICY_NAME,
 };
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -391,8 +391,8 @@ fn string_property(delivery: &Received, key: &str) -> Option<String> {
     }
 }
 
-fn settled(token: uuid::Uuid, outcome: &'static str, applied: bool) -> Settlement {
-    Settlement {
+fn settled(token: uuid::Uuid, outcome: &'static str, applied: bool) -> RecordedSettlement {
+    RecordedSettlement {
         lock_token: token.to_string(),
         outcome,
         applied,
@@ -951,11 +951,11 @@ async fn renew_lock_on_management_extends_the_lock_and_answers_410_for_a_lost_on
     assert_eq!(
         emulator.lock_renewals(TOPIC, SUB),
         vec![
-            LockRenewal {
+            RecordedLockRenewal {
                 lock_token: token.to_string(),
                 locked_until: Some(until),
             },
-            LockRenewal {
+            RecordedLockRenewal {
                 lock_token: token.to_string(),
                 locked_until: None,
             }

@@ -19,7 +19,7 @@ use fe2o3_amqp::Sender;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
-use crate::entities::{system_time, Lock, Settlement, StoredMessage};
+use crate::entities::{system_time, Lock, RecordedSettlement, StoredMessage};
 
 use crate::Namespace;
 
@@ -331,7 +331,7 @@ fn settle(shared: &Namespace, entity: &Entity, token: &str, outcome: &Outcome) -
     } else {
         lock_lost_state()
     };
-    sub.queue_mut(queue).settlements.push(Settlement {
+    sub.queue_mut(queue).settlements.push(RecordedSettlement {
         lock_token: token.to_owned(),
         outcome: name,
         applied: result.is_ok(),

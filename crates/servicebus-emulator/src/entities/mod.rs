@@ -95,7 +95,7 @@ pub(crate) enum LockLost {
 
 /// One settlement (disposition) a receiver sent for a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settlement {
+pub struct RecordedSettlement {
     /// The delivery's lock token (`x-opt-lock-token`), GUID text.
     pub lock_token: String,
     /// `"accepted"`, `"rejected"`, `"released"` or `"modified"` (on the receiver link), or
@@ -108,7 +108,7 @@ pub struct Settlement {
 
 /// One lock token of a `com.microsoft:renew-lock` request on `$management`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockRenewal {
+pub struct RecordedLockRenewal {
     /// The lock token, GUID text.
     pub lock_token: String,
     /// The new expiry, or `None` when the lock was lost (the request was answered 410).
@@ -124,9 +124,9 @@ pub(crate) struct Queue {
     /// delivered yet, so no lock runs (the lock starts on transfer, as on the service).
     pub(crate) reserved: BTreeMap<String, StoredMessage>,
     /// Every settlement a receiver sent, in order.
-    pub(crate) settlements: Vec<Settlement>,
+    pub(crate) settlements: Vec<RecordedSettlement>,
     /// Every lock token a `renew-lock` named, in order.
-    pub(crate) lock_renewals: Vec<LockRenewal>,
+    pub(crate) lock_renewals: Vec<RecordedLockRenewal>,
     /// Woken whenever a message becomes available.
     pub(crate) available: Arc<Notify>,
 }

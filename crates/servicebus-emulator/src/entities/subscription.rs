@@ -267,7 +267,7 @@ impl Subscription {
             }
             None => Err(LockLost::Expired),
         };
-        queue.lock_renewals.push(LockRenewal {
+        queue.lock_renewals.push(RecordedLockRenewal {
             lock_token: token.to_owned(),
             locked_until: renewed.ok().map(system_time),
         });
