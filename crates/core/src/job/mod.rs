@@ -29,24 +29,24 @@
 
 mod backoff;
 mod delivery;
+mod handle;
 mod run;
+mod state;
 mod stats;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
+pub use handle::{JobHandle, JobMonitor, JobRun};
+pub use state::{EnginePanic, JobError, JobState, SpawnError};
 pub use stats::{names as metric_names, StatsSnapshot};
 
 use crate::event::EventParser;
 use crate::invalidator::Invalidator;
-use crate::source::{EventSource, SourceError};
+use crate::source::EventSource;
 use stats::Stats;
 
 /// Entry point of the job engine; see [`Job::builder`].
@@ -266,231 +266,6 @@ impl JobBuilder {
             Ok(stats.snapshot())
         });
         JobRun { future, monitor }
-    }
-}
-
-/// Where a job is in its life.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum JobState {
-    /// Receiving and processing.
-    Running,
-    /// Finishing in-flight deliveries.
-    ShuttingDown,
-    /// Stopped after a shutdown.
-    Stopped,
-    /// Stopped by an error it could not recover from: a fatal source error, a panic in the
-    /// engine, or its task or future dropped before the job stopped. Set the moment the job
-    /// gives up, without anyone awaiting the handle; deliveries already in flight may still be
-    /// finishing then ([`JobHandle::is_finished`] says when everything has ended).
-    Failed(JobError),
-}
-
-impl JobState {
-    /// Whether the job is receiving and processing.
-    pub fn is_running(&self) -> bool {
-        matches!(self, JobState::Running)
-    }
-
-    /// The error that stopped the job, if one did.
-    pub fn error(&self) -> Option<&JobError> {
-        match self {
-            JobState::Failed(error) => Some(error),
-            _ => None,
-        }
-    }
-}
-
-/// Why a job stopped on its own.
-///
-/// It is `Clone` (its source error is shared) so that [`JobState::Failed`] and
-/// [`JobHandle::wait`] give the same error.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum JobError {
-    /// The source reported a fatal error (credentials that stay bad, an entity that is gone), or
-    /// was closed while the job was not shutting down.
-    #[error("the event source failed: {0}")]
-    Source(#[source] Arc<SourceError>),
-    /// The job's engine panicked (a panic in the source, the invalidator or the cache is caught
-    /// per delivery and never gets here).
-    #[error("the job's engine panicked: {0}")]
-    Panicked(#[source] EnginePanic),
-    /// The job's task was aborted, its runtime shut down, or the [`JobBuilder::run`] future was
-    /// dropped, before the job stopped.
-    #[error("the job was dropped before it stopped (its task aborted, its runtime shut down, or its future dropped)")]
-    Dropped,
-}
-
-impl JobError {
-    pub(crate) fn source_failed(error: SourceError) -> Self {
-        JobError::Source(Arc::new(error))
-    }
-}
-
-/// A panic in the job's engine, with the message it panicked with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct EnginePanic {
-    message: String,
-}
-
-impl EnginePanic {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        EnginePanic {
-            message: message.into(),
-        }
-    }
-
-    /// What the engine panicked with (the panic's `&str` or `String` payload).
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-/// [`JobBuilder::spawn`] was called outside a Tokio runtime.
-#[derive(Debug, thiserror::Error)]
-#[error("the invalidation job needs a Tokio runtime to spawn on: call spawn() from inside one, or drive JobBuilder::run() yourself")]
-pub struct SpawnError(#[source] tokio::runtime::TryCurrentError);
-
-/// Watches a job from anywhere: its state, its counters, its cancellation token. Cheap to
-/// clone; from [`JobHandle::monitor`] or [`JobRun::monitor`].
-#[derive(Clone)]
-pub struct JobMonitor {
-    stats: Arc<Stats>,
-    state: Arc<Mutex<JobState>>,
-    cancellation: CancellationToken,
-}
-
-impl JobMonitor {
-    /// The counters so far.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
-    }
-
-    /// Where the job is in its life; a fatal error shows here as soon as it happens.
-    pub fn state(&self) -> JobState {
-        lock(&self.state).clone()
-    }
-
-    /// The token that stops the job: a child of the one lent to
-    /// [`JobBuilder::cancellation_token`], so cancelling it stops this job only.
-    pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.cancellation
-    }
-}
-
-impl std::fmt::Debug for JobMonitor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobMonitor")
-            .field("state", &self.state())
-            .field("stats", &self.stats())
-            .finish()
-    }
-}
-
-/// The job as a future, from [`JobBuilder::run`]: it resolves to the final counters when the
-/// job stops after its token is cancelled, or to the error that stopped it.
-#[must_use = "a JobRun does nothing unless awaited (or spawned)"]
-pub struct JobRun {
-    future: Pin<Box<dyn Future<Output = Result<StatsSnapshot, JobError>> + Send>>,
-    monitor: JobMonitor,
-}
-
-impl JobRun {
-    /// Watches the job while the future runs, and after it ended.
-    pub fn monitor(&self) -> JobMonitor {
-        self.monitor.clone()
-    }
-}
-
-impl Future for JobRun {
-    type Output = Result<StatsSnapshot, JobError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.future.as_mut().poll(cx)
-    }
-}
-
-impl std::fmt::Debug for JobRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobRun")
-            .field("monitor", &self.monitor)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Controls a running job.
-///
-/// Dropping the handle does **not** stop the job: it runs on, detached, until its cancellation
-/// token (or the one lent to [`JobBuilder::cancellation_token`]) is cancelled or it fails, and
-/// nobody can then learn why it stopped or close it gracefully. Keep the handle and stop the job
-/// with [`shutdown`](JobHandle::shutdown).
-#[must_use = "dropping a JobHandle detaches the job: it stops only through the handle's shutdown() or its cancellation token"]
-pub struct JobHandle {
-    task: JoinHandle<Result<StatsSnapshot, JobError>>,
-    monitor: JobMonitor,
-}
-
-impl JobHandle {
-    /// The counters so far.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.monitor.stats()
-    }
-
-    /// Where the job is in its life; a fatal error shows here as soon as it happens.
-    pub fn state(&self) -> JobState {
-        self.monitor.state()
-    }
-
-    /// A watcher of the job that outlives the handle (which [`shutdown`](Self::shutdown) and
-    /// [`wait`](Self::wait) consume): for health checks, say.
-    pub fn monitor(&self) -> JobMonitor {
-        self.monitor.clone()
-    }
-
-    /// The token that stops the job: a child of the one lent to
-    /// [`JobBuilder::cancellation_token`], so cancelling it stops this job only.
-    pub fn cancellation_token(&self) -> &CancellationToken {
-        self.monitor.cancellation_token()
-    }
-
-    /// Whether the job has stopped (shut down, or failed).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
-    /// Stops receiving, lets in-flight deliveries finish within the shutdown deadline, abandons
-    /// the rest, closes the source, and returns the final counters, or the error that had
-    /// already stopped the job.
-    ///
-    /// It cancels the job's own token only: a token lent to
-    /// [`JobBuilder::cancellation_token`] stays uncancelled.
-    pub async fn shutdown(self) -> Result<StatsSnapshot, JobError> {
-        self.monitor.cancellation.cancel();
-        self.wait().await
-    }
-
-    /// Waits until the job stops by itself (a fatal error, or its token cancelled elsewhere).
-    pub async fn wait(self) -> Result<StatsSnapshot, JobError> {
-        match self.task.await {
-            Ok(result) => result,
-            // The engine catches its own panics, so a join error is an aborted task, or a
-            // panic that escaped the catch; either way the state already says `Failed`.
-            Err(join_error) if join_error.is_panic() => Err(JobError::Panicked(EnginePanic::new(
-                delivery::panic_message(join_error.into_panic().as_ref()),
-            ))),
-            Err(_) => Err(JobError::Dropped),
-        }
-    }
-}
-
-impl std::fmt::Debug for JobHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobHandle")
-            .field("state", &self.state())
-            .field("stats", &self.stats())
-            .finish()
     }
 }
 
