@@ -578,7 +578,7 @@ fn topic_and_subscription_defaults_are_the_librarys() {
     // registration takes the topic as an argument.
     let topic = library_str_const("crates/rabbitmq/src/config.rs", "DEFAULT_EXCHANGE");
     let prefix = library_str_const(
-        "crates/servicebus/src/config.rs",
+        "crates/servicebus/src/config/mod.rs",
         "DEFAULT_SUBSCRIPTION_PREFIX",
     );
     #[cfg(feature = "rabbitmq")]
