@@ -50,7 +50,7 @@ pub enum SubscriptionMode {
     },
 }
 
-/// Which managed identity [`ServiceBusConfig::managed_identity`] signs in with.
+/// Which managed identity [`ServiceBusConfig::managed_identity`](super::ServiceBusConfig::managed_identity) signs in with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ManagedIdentity {
