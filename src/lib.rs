@@ -67,6 +67,12 @@ pub mod rabbitmq;
 #[cfg_attr(docsrs, doc(cfg(feature = "servicebus")))]
 pub mod servicebus;
 
+/// The Event Grid transports: a webhook Event Grid pushes to, and pull from a namespace topic
+/// (feature `eventgrid`).
+#[cfg(feature = "eventgrid")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eventgrid")))]
+pub use keyvault_invalidator_eventgrid as eventgrid;
+
 /// Test doubles and the conformance suite (feature `testkit`).
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]

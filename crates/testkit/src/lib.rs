@@ -14,6 +14,12 @@
 
 mod cache;
 pub mod conformance;
+#[cfg(feature = "eventgrid-namespace")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eventgrid-namespace")))]
+pub mod eventgrid_namespace;
+#[cfg(feature = "eventgrid-push")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eventgrid-push")))]
+pub mod eventgrid_push;
 pub mod events;
 #[cfg(feature = "keyvault-standin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "keyvault-standin")))]

@@ -1,0 +1,1 @@
+//! Pull from an Event Grid namespace topic (HTTP peek-lock).

@@ -1,0 +1,1 @@
+//! A webhook Event Grid pushes to.

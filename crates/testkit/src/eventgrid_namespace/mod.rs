@@ -1,0 +1,1 @@
+//! A stand-in of an Event Grid namespace topic's data plane (`:receive`, `:acknowledge`, ...).

@@ -1,0 +1,1 @@
+//! A client that pushes to a webhook as Event Grid does (handshakes, headers, retries by status).
