@@ -26,6 +26,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const READY_COMMENT: &str = ": watching\n\n";
 
 /// The streaming body of an SSE response.
+#[derive(Debug)]
 pub struct SseBody {
     frames: mpsc::Receiver<Bytes>,
 }
