@@ -14,7 +14,8 @@
 //! - [`Agent`]: provider + cache + job + server, started from settings;
 //! - [`demo`]: the `--demo` setup;
 //! - [`metrics`]: the Prometheus recorder and the agent's metric names;
-//! - [`transport`]: which transport feeds the job.
+//! - [`transport`]: which transport feeds the job;
+//! - [`probe`]: `kvi-agent probe`, the container health check.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -24,6 +25,7 @@ mod error;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 mod runtime;
 pub mod transport;
 

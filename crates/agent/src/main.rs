@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use keyvault_invalidator_agent::config::{ApiToken, Settings, TOKEN_ENV};
 use keyvault_invalidator_agent::demo::Demo;
-use keyvault_invalidator_agent::{logging, Agent, AgentError};
+use keyvault_invalidator_agent::{logging, probe, Agent, AgentError, AgentErrorKind};
 
 /// A localhost HTTP sidecar serving Azure Key Vault secrets from an event-driven cache.
 #[derive(Debug, Parser)]
@@ -18,7 +18,7 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with = "demo")]
     config: Option<PathBuf>,
     /// The listen address, over the file and KVI_AGENT_LISTEN.
-    #[arg(long, value_name = "ADDRESS")]
+    #[arg(long, value_name = "ADDRESS", global = true)]
     listen: Option<SocketAddr>,
     /// Runs on embedded defaults: an in-memory vault whose `demo-secret` rotates.
     #[arg(long)]
@@ -36,6 +36,13 @@ enum Command {
     CheckConfig {
         /// The TOML configuration file.
         file: PathBuf,
+    },
+    /// Asks a running agent's PATH (default /readyz); exits 0 when it answers 200. For
+    /// container probes: the agent listens on loopback, where the kubelet's HTTP probes are not.
+    Probe {
+        /// The route to ask.
+        #[arg(default_value = "/readyz")]
+        path: String,
     },
 }
 
@@ -60,6 +67,20 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return check_config(file);
     }
+    if let Some(Command::Probe { path }) = &cli.command {
+        let listen = match cli.listen {
+            Some(listen) => listen,
+            None => Settings::from_env(env)?.server.listen,
+        };
+        let status = probe::status(listen, path).await?;
+        if status != 200 {
+            return Err(AgentError::new(
+                AgentErrorKind::Setup,
+                format!("http://{listen}{path} answered {status}"),
+            ));
+        }
+        return Ok(());
+    }
     if cli.demo {
         return demo(&cli).await;
     }
@@ -75,7 +96,7 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
     let agent = Agent::start(settings, token).await?;
     wait_for_signal(&agent).await;
     agent.shutdown().await.map_err(|e| {
-        AgentError::new(keyvault_invalidator_agent::AgentErrorKind::Setup, "the job failed")
+        AgentError::new(AgentErrorKind::Setup, "the job failed")
             .with_source(e)
     })?;
     Ok(())
