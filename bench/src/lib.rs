@@ -8,6 +8,7 @@
 //!
 //! Nothing here runs in CI, and no test asserts a time; CI only compiles it.
 
+pub mod agent;
 pub mod end_to_end;
 pub mod hit_path;
 pub mod memory;
