@@ -3,8 +3,10 @@
 //!
 //! Closed loop (`rate` none): each worker sends its next request when the previous answer is
 //! read, for the most requests per second at that concurrency. Open loop (`rate` R): worker `i`
-//! of `n` sends at `start + (i + k·n)/R`; a request sent late is timed from when it was due, so
-//! a stall counts for every request it delayed (no coordinated omission).
+//! of `n` sends at `start + (i + k·n)/R`; a request sent late because the previous answer came
+//! late is timed from when it was due, so a stall counts for every request it delayed (no
+//! coordinated omission); one sent late because the timer woke late (tokio's timer has
+//! millisecond resolution) is timed from when it was sent.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -130,12 +132,18 @@ async fn worker(
         }
         let sent_at = match period {
             Some(period) => {
-                if due > now {
-                    tokio::time::sleep_until(due.into()).await;
-                }
                 let scheduled = due;
                 due += period;
-                scheduled
+                if scheduled > now {
+                    // Tokio's timer has millisecond resolution: the time it wakes late is the
+                    // generator's, so the request is timed from when it could be sent.
+                    tokio::time::sleep_until(scheduled.into()).await;
+                    Instant::now()
+                } else {
+                    // Behind schedule (the previous answer came late): timed from when it was
+                    // due, so the server's stall counts for every request it delayed.
+                    scheduled
+                }
             }
             None => now,
         };

@@ -91,6 +91,7 @@ impl Agent {
         provider: Arc<dyn SecretProvider>,
         source: S,
     ) -> Result<Agent, AgentError> {
+        settings.check()?;
         let shutdown = CancellationToken::new();
         let cache = build_cache(&settings, provider);
         let job = transport::spawn_job(source, &settings, &cache, &shutdown)?;

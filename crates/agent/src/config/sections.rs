@@ -352,12 +352,10 @@ impl ServiceBusSettings {
                 }
             }
         }
-        if self.subscription_prefix.is_some() && self.existing_subscription.is_some() {
-            return Err(AgentError::config(
-                "transport: set subscription_prefix or existing_subscription, not both",
-            ));
-        }
-        Ok(())
+        one_of(
+            ("subscription_prefix", &self.subscription_prefix),
+            ("existing_subscription", &self.existing_subscription),
+        )
     }
 }
 
@@ -384,13 +382,24 @@ impl RabbitMqSettings {
                 "transport.uri is required for kind = \"rabbitmq\" (or KVI_AGENT_RABBITMQ_URI)",
             ));
         }
-        if self.instance_prefix.is_some() && self.existing_queue.is_some() {
-            return Err(AgentError::config(
-                "transport: set instance_prefix or existing_queue, not both",
-            ));
-        }
-        Ok(())
+        one_of(
+            ("instance_prefix", &self.instance_prefix),
+            ("existing_queue", &self.existing_queue),
+        )
     }
+}
+
+/// At most one of two alternatives (a generated name's prefix, or an existing entity).
+fn one_of(
+    (first_key, first): (&str, &Option<String>),
+    (second_key, second): (&str, &Option<String>),
+) -> Result<(), AgentError> {
+    if first.is_some() && second.is_some() {
+        return Err(AgentError::config(format!(
+            "transport: set {first_key} or {second_key}, not both"
+        )));
+    }
+    Ok(())
 }
 
 fn positive(key: &str, value: u64) -> Result<(), AgentError> {

@@ -193,3 +193,30 @@ async fn refuse(stream: TcpStream) {
     let served = builder.serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, served).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_the_transports_connected_gauge_at_one() {
+        let metrics = AgentMetrics::install().expect("the first recorder of this process");
+        let readiness = Readiness {
+            job: None,
+            connected_gauge: Some("kvi_test_transport_connected"),
+        };
+        assert_eq!(
+            readiness.check(Some(&metrics)),
+            Err("the transport is not connected".to_owned())
+        );
+        metrics::gauge!("kvi_test_transport_connected").set(1.0);
+        assert_eq!(readiness.check(Some(&metrics)), Ok(()));
+        metrics::gauge!("kvi_test_transport_connected").set(0.0);
+        assert!(readiness.check(Some(&metrics)).is_err());
+        metrics::gauge!("kvi_test_transport_connected").increment(1.0);
+        assert_eq!(readiness.check(Some(&metrics)), Ok(()));
+        // Without a recorder of ours nothing can be known: not ready.
+        assert!(readiness.check(None).is_err());
+        assert_eq!(Readiness::default().check(None), Ok(()));
+    }
+}

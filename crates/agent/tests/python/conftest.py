@@ -5,38 +5,27 @@ where ("kvi-agent demo on http://127.0.0.1:PORT: ..."). The token comes from KVI
 It is stopped with SIGTERM and must exit 0. Python's standard library only (and pytest).
 """
 
-import json
 import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests" / "python_support"))
+from cargo_build import cargo_executable  # noqa: E402
+
 PACKAGE = "keyvault-invalidator-agent"
 BINARY = "kvi-agent"
-WORKSPACE = Path(__file__).resolve().parents[4]
 TOKEN = "python-client-token-0123456789"
 
 
 @pytest.fixture(scope="session")
 def agent_binary() -> str:
     """Builds the binary once; its path, as cargo reports it."""
-    build = subprocess.run(
-        ["cargo", "build", "-q", "-p", PACKAGE, "--bin", BINARY, "--message-format=json"],
-        cwd=WORKSPACE,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=1800,
-    )
-    for line in build.stdout.splitlines():
-        message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and message.get("executable"):
-            if message["target"]["name"] == BINARY:
-                return message["executable"]
-    raise RuntimeError("cargo did not report kvi-agent's executable")
+    return cargo_executable(["-p", PACKAGE, "--bin", BINARY], BINARY)
 
 
 class Demo:

@@ -9,9 +9,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests" / "python_support"))
+from cargo_build import cargo_executable  # noqa: E402
 
 PACKAGE = "keyvault-invalidator-servicebus-emulator"
 WORKSPACE = Path(__file__).resolve().parents[4]
@@ -23,20 +27,7 @@ MAX_DELIVERY_COUNT = 3
 @pytest.fixture(scope="session")
 def emulator_binary() -> str:
     """Builds the binary once; its path, as cargo reports it."""
-    build = subprocess.run(
-        ["cargo", "build", "-q", "-p", PACKAGE, "--bin", PACKAGE, "--message-format=json"],
-        cwd=WORKSPACE,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=1800,
-    )
-    for line in build.stdout.splitlines():
-        message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and message.get("executable"):
-            if message["target"]["name"] == PACKAGE:
-                return message["executable"]
-    raise RuntimeError("cargo did not report the emulator's executable")
+    return cargo_executable(["-p", PACKAGE, "--bin", PACKAGE], PACKAGE)
 
 
 class Emulator:

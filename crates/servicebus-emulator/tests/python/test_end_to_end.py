@@ -17,28 +17,14 @@ import time
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
 
+from cargo_build import cargo_executable
 from conftest import SUBSCRIPTION, TOPIC, WORKSPACE
 
 MALFORMED = b'{"id":"bad-1","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{}}'
 
 
 def built_example(name: str) -> str:
-    build = subprocess.run(
-        ["cargo", "build", "-q", "--example", name, "--features", "servicebus",
-         "--message-format=json"],
-        cwd=WORKSPACE,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=1800,
-    )
-    for line in build.stdout.splitlines():
-        message = json.loads(line)
-        if (message.get("reason") == "compiler-artifact"
-                and message.get("executable")
-                and message["target"]["name"] == name):
-            return message["executable"]
-    raise RuntimeError(f"cargo did not report the {name} example's executable")
+    return cargo_executable(["--example", name, "--features", "servicebus"], name)
 
 
 @pytest.fixture(scope="session")

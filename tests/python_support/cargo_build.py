@@ -1,0 +1,27 @@
+"""Building a workspace binary or example with cargo for the Python tests, and finding its
+path in cargo's JSON messages (the target directory may be anywhere: CARGO_TARGET_DIR)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+WORKSPACE = Path(__file__).resolve().parents[2]
+
+
+def cargo_executable(build_args: list[str], target_name: str) -> str:
+    """Runs `cargo build -q BUILD_ARGS --message-format=json`; the executable of target_name."""
+    build = subprocess.run(
+        ["cargo", "build", "-q", *build_args, "--message-format=json"],
+        cwd=WORKSPACE,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=1800,
+    )
+    for line in build.stdout.splitlines():
+        message = json.loads(line)
+        if (message.get("reason") == "compiler-artifact"
+                and message.get("executable")
+                and message["target"]["name"] == target_name):
+            return message["executable"]
+    raise RuntimeError(f"cargo did not report the executable of {target_name}")
