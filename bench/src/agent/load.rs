@@ -73,7 +73,9 @@ pub async fn run(plan: LoadPlan) -> LoadResult {
     let measure_from = start + plan.warm_up;
     let end = measure_from + plan.duration;
     let workers: Vec<_> = (0..plan.workers)
-        .map(|index| tokio::task::spawn_local(worker(plan.clone(), index, start, measure_from, end)))
+        .map(|index| {
+            tokio::task::spawn_local(worker(plan.clone(), index, start, measure_from, end))
+        })
         .collect();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let (mut ok, mut errors, mut body_bytes) = (0, 0, 0);
@@ -110,7 +112,9 @@ async fn worker(
         errors: 0,
         body_bytes: 0,
     };
-    let stream = TcpStream::connect(plan.address).await.expect("the server answers");
+    let stream = TcpStream::connect(plan.address)
+        .await
+        .expect("the server answers");
     stream.set_nodelay(true).expect("nodelay");
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
@@ -183,7 +187,9 @@ async fn worker(
 
 /// One GET, its body: the floor answers the agent's exact bytes.
 pub async fn fetch(address: SocketAddr, path: &str, token: &str) -> Bytes {
-    let stream = TcpStream::connect(address).await.expect("the server answers");
+    let stream = TcpStream::connect(address)
+        .await
+        .expect("the server answers");
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .expect("an HTTP/1.1 connection");
@@ -194,6 +200,15 @@ pub async fn fetch(address: SocketAddr, path: &str, token: &str) -> Bytes {
         .body(Empty::<Bytes>::new())
         .expect("a request");
     let response = sender.send_request(request).await.expect("an answer");
-    assert_eq!(response.status(), 200, "the agent answers the benchmark secret");
-    response.into_body().collect().await.expect("a body").to_bytes()
+    assert_eq!(
+        response.status(),
+        200,
+        "the agent answers the benchmark secret"
+    );
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes()
 }

@@ -44,6 +44,7 @@ pub async fn probe(secrets: usize) -> Option<AgentMemory> {
         baseline_kib: baseline,
         idle_agent_kib: idle.saturating_sub(baseline),
         secrets,
-        per_secret_bytes: with_cache.saturating_sub(with_vault) as f64 * 1024.0 / secrets.max(1) as f64,
+        per_secret_bytes: with_cache.saturating_sub(with_vault) as f64 * 1024.0
+            / secrets.max(1) as f64,
     })
 }

@@ -57,7 +57,9 @@ pub async fn serve_floor(body: Bytes) {
     println!("READY {address}");
     let accept = async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let body = body.clone();
             tokio::spawn(async move {

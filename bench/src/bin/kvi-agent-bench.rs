@@ -42,12 +42,17 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string(&result).expect("json"));
             }
             None => {
-                eprintln!("usage: kvi-agent-bench load ADDRESS PATH WORKERS RATE|max SECONDS [TOKEN]");
+                eprintln!(
+                    "usage: kvi-agent-bench load ADDRESS PATH WORKERS RATE|max SECONDS [TOKEN]"
+                );
                 return ExitCode::from(2);
             }
         },
         "memory" => {
-            let secrets = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(MEMORY_SECRETS);
+            let secrets = args
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(MEMORY_SECRETS);
             let result = multi_thread(memory::probe(secrets)).expect("/proc/self/statm");
             println!("{}", serde_json::to_string(&result).expect("json"));
         }
@@ -129,7 +134,13 @@ impl Drop for Server {
     }
 }
 
-fn load(address: SocketAddr, path: &str, rate: Option<f64>, seconds: f64, token: bool) -> LoadResult {
+fn load(
+    address: SocketAddr,
+    path: &str,
+    rate: Option<f64>,
+    seconds: f64,
+    token: bool,
+) -> LoadResult {
     let rate = rate.map_or("max".to_owned(), |r| r.to_string());
     let mut args = vec![
         "load".to_owned(),
@@ -146,7 +157,11 @@ fn load(address: SocketAddr, path: &str, rate: Option<f64>, seconds: f64, token:
         .args(&args)
         .output()
         .expect("the load generator");
-    assert!(output.status.success(), "the load failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the load failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("its JSON")
 }
 

@@ -13,7 +13,9 @@ use tracing_subscriber::EnvFilter;
 pub fn without_amqp_trace() -> FilterFn {
     filter_fn(|metadata| {
         let krate = metadata.target().split("::").next().unwrap_or_default();
-        let amqp = krate == "lapin" || krate.starts_with("amq_protocol") || krate.starts_with("fe2o3_amqp");
+        let amqp = krate == "lapin"
+            || krate.starts_with("amq_protocol")
+            || krate.starts_with("fe2o3_amqp");
         !(amqp && *metadata.level() == LevelFilter::TRACE)
     })
 }

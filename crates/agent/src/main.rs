@@ -95,10 +95,10 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
     let token = ApiToken::resolve(env, settings.server.token_file.as_deref())?;
     let agent = Agent::start(settings, token).await?;
     wait_for_signal(&agent).await;
-    agent.shutdown().await.map_err(|e| {
-        AgentError::new(AgentErrorKind::Setup, "the job failed")
-            .with_source(e)
-    })?;
+    agent
+        .shutdown()
+        .await
+        .map_err(|e| AgentError::new(AgentErrorKind::Setup, "the job failed").with_source(e))?;
     Ok(())
 }
 

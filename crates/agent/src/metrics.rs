@@ -27,8 +27,8 @@ pub const WATCHERS: &str = "kvi_agent_watchers";
 
 /// The request-latency buckets, in seconds: a cache hit answers in tens of microseconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// The process's recorder: installed once, shared by every agent in the process (tests start
@@ -54,7 +54,10 @@ impl AgentMetrics {
         INSTALLED
             .get_or_init(|| {
                 let recorder = PrometheusBuilder::new()
-                    .set_buckets_for_metric(Matcher::Full(REQUEST_SECONDS.to_owned()), LATENCY_BUCKETS)
+                    .set_buckets_for_metric(
+                        Matcher::Full(REQUEST_SECONDS.to_owned()),
+                        LATENCY_BUCKETS,
+                    )
                     .ok()?
                     .build_recorder();
                 let handle = recorder.handle();
@@ -125,7 +128,11 @@ fn request_metrics() -> &'static RequestMetrics {
         let mut counters = Vec::with_capacity(ROUTES.len() * (STATUSES.len() + 1));
         let mut histograms = Vec::with_capacity(ROUTES.len());
         for route in ROUTES {
-            for status in STATUSES.iter().map(|s| s.to_string()).chain(["other".to_owned()]) {
+            for status in STATUSES
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["other".to_owned()])
+            {
                 counters.push(metrics::counter!(REQUESTS, "route" => route, "status" => status));
             }
             histograms.push(metrics::histogram!(REQUEST_SECONDS, "route" => route));
@@ -158,11 +165,20 @@ fn record_cache_stats(stats: &CacheStats) {
         ("kvi_agent_cache_refreshes_total", stats.refreshes),
         ("kvi_agent_cache_stale_serves_total", stats.stale_serves),
         ("kvi_agent_cache_invalidations_total", stats.invalidations),
-        ("kvi_agent_cache_duplicate_events_total", stats.duplicate_events),
+        (
+            "kvi_agent_cache_duplicate_events_total",
+            stats.duplicate_events,
+        ),
         ("kvi_agent_cache_older_events_total", stats.older_events),
-        ("kvi_agent_cache_overtaken_loads_total", stats.overtaken_loads),
+        (
+            "kvi_agent_cache_overtaken_loads_total",
+            stats.overtaken_loads,
+        ),
         ("kvi_agent_cache_version_reads_total", stats.version_reads),
-        ("kvi_agent_cache_deferred_events_total", stats.deferred_events),
+        (
+            "kvi_agent_cache_deferred_events_total",
+            stats.deferred_events,
+        ),
     ];
     for (name, value) in counters {
         metrics::counter!(name).absolute(value);

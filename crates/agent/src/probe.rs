@@ -19,13 +19,19 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The status code the agent at `address` answers for `GET path`.
 pub async fn status(address: SocketAddr, path: &str) -> Result<u16, AgentError> {
-    let failed = |what: &str| AgentError::new(AgentErrorKind::Setup, format!("probe of http://{address}{path}: {what}"));
+    let failed = |what: &str| {
+        AgentError::new(
+            AgentErrorKind::Setup,
+            format!("probe of http://{address}{path}: {what}"),
+        )
+    };
     if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err(failed("the path must start with `/` and hold no spaces"));
     }
     let exchange = async {
         let mut stream = TcpStream::connect(address).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut head = Vec::with_capacity(64);
         let mut byte = [0u8; 1];

@@ -54,9 +54,10 @@ pub struct Agent {
 impl Agent {
     /// Starts from `settings`: Key Vault at `vault.url` with its credential, and the transport.
     pub async fn start(settings: Settings, token: ApiToken) -> Result<Agent, AgentError> {
-        let vault_url = settings.vault.url.clone().ok_or_else(|| {
-            AgentError::config("vault.url is required (or KVI_AGENT_VAULT_URL)")
-        })?;
+        let vault_url =
+            settings.vault.url.clone().ok_or_else(|| {
+                AgentError::config("vault.url is required (or KVI_AGENT_VAULT_URL)")
+            })?;
         let provider = KeyVaultProvider::builder(&vault_url, credential_for(&settings.vault)?)
             .timeout(Duration::from_secs(settings.vault.timeout_secs))
             .build()

@@ -92,9 +92,7 @@ pub fn spawn_job<S: EventSource + 'static>(
         .name(JOB_NAME)
         .cancellation_token(shutdown.clone())
         .spawn()
-        .map_err(|e| {
-            AgentError::new(AgentErrorKind::Setup, "cannot start the job").with_source(e)
-        })
+        .map_err(|e| AgentError::new(AgentErrorKind::Setup, "cannot start the job").with_source(e))
 }
 
 fn config_error(error: impl std::error::Error + Send + Sync + 'static) -> AgentError {
@@ -112,7 +110,10 @@ fn service_bus_config(
                 .map_err(config_error)?
         }
         ServiceBusRegistration::ConnectionString => {
-            let secret = settings.connection_string_secret.as_deref().unwrap_or_default();
+            let secret = settings
+                .connection_string_secret
+                .as_deref()
+                .unwrap_or_default();
             ServiceBusConfig::connection_string_from_store(vault.provider.clone(), secret)
                 .map_err(config_error)?
         }
@@ -134,7 +135,11 @@ fn service_bus_config(
 }
 
 fn rabbitmq_config(settings: &RabbitMqSettings) -> Result<RabbitMqConfig, AgentError> {
-    let uri = settings.uri.as_ref().map(|uri| uri.expose()).unwrap_or_default();
+    let uri = settings
+        .uri
+        .as_ref()
+        .map(|uri| uri.expose())
+        .unwrap_or_default();
     let config = if settings.allow_insecure_endpoint {
         RabbitMqConfig::new_allowing_insecure_endpoint(uri)
     } else {

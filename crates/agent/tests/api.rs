@@ -23,7 +23,12 @@ async fn a_read_answers_the_secret_with_no_store() {
     let version = agent.vault.current_version("db-password").unwrap();
     assert_eq!(
         body,
-        secret_body("db-password", "first-password", &version, &body["created_on"])
+        secret_body(
+            "db-password",
+            "first-password",
+            &version,
+            &body["created_on"]
+        )
     );
     assert!(body["created_on"].as_str().unwrap().ends_with('Z'));
 }
@@ -31,7 +36,11 @@ async fn a_read_answers_the_secret_with_no_store() {
 #[tokio::test]
 async fn the_token_rules() {
     let agent = TestAgent::start().await;
-    let missing = agent.get_anonymous("/v1/secrets/db-password").send().await.unwrap();
+    let missing = agent
+        .get_anonymous("/v1/secrets/db-password")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 401);
     assert_eq!(missing.headers()["cache-control"], "no-store");
     assert_eq!(
@@ -77,15 +86,37 @@ async fn the_token_rules() {
     // The probes and metrics need no token.
     let health = agent.get_anonymous("/healthz").send().await.unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(health.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
-    assert_eq!(agent.get_anonymous("/readyz").send().await.unwrap().status(), 200);
-    assert_eq!(agent.get_anonymous("/metrics").send().await.unwrap().status(), 200);
+    assert_eq!(
+        health.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+    assert_eq!(
+        agent
+            .get_anonymous("/readyz")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        agent
+            .get_anonymous("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn forwarded_requests_are_refused_even_with_the_token() {
     let agent = TestAgent::start().await;
-    for (header, value) in [("X-Forwarded-For", "10.0.0.1"), ("Forwarded", "for=10.0.0.1")] {
+    for (header, value) in [
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Forwarded", "for=10.0.0.1"),
+    ] {
         let response = agent
             .get("/v1/secrets/db-password")
             .header(header, value)
@@ -107,10 +138,17 @@ async fn forwarded_requests_are_refused_even_with_the_token() {
 #[tokio::test]
 async fn only_get_is_served() {
     let agent = TestAgent::start().await;
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
         let response = agent
             .client
-            .request(method.clone(), format!("{}/v1/secrets/db-password", agent.base))
+            .request(
+                method.clone(),
+                format!("{}/v1/secrets/db-password", agent.base),
+            )
             .header("X-KVI-Token", TOKEN)
             .send()
             .await
@@ -145,9 +183,14 @@ async fn unknown_secrets_routes_and_parameters() {
             "unknown query parameter `colour` (known: version, refresh, after_version, wait)"
         )
     );
-    let (status, body) = agent.json("/v1/secrets/db-password?after_version=x&wait=61").await;
+    let (status, body) = agent
+        .json("/v1/secrets/db-password?after_version=x&wait=61")
+        .await;
     assert_eq!(status, 400);
-    assert_eq!(body["message"], "query parameter `wait` is whole seconds from 0 to 60");
+    assert_eq!(
+        body["message"],
+        "query parameter `wait` is whole seconds from 0 to 60"
+    );
 }
 
 #[tokio::test]
@@ -174,20 +217,31 @@ async fn versioned_and_refreshed_reads_go_to_the_vault() {
     let agent = TestAgent::start().await;
     let v1 = agent.vault.current_version("db-password").unwrap();
     let v2 = agent.vault.rotate("db-password", "second-password"); // no event: the cache keeps v1
-    assert_eq!(agent.json("/v1/secrets/db-password").await.1["version"], v2.as_str());
+    assert_eq!(
+        agent.json("/v1/secrets/db-password").await.1["version"],
+        v2.as_str()
+    );
 
-    let (status, body) = agent.json(&format!("/v1/secrets/db-password?version={v1}")).await;
+    let (status, body) = agent
+        .json(&format!("/v1/secrets/db-password?version={v1}"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["version"], v1.as_str());
     assert_eq!(body["value"], "first-password");
 
     let v3 = agent.vault.rotate("db-password", "third-password");
-    assert_eq!(agent.json("/v1/secrets/db-password").await.1["version"], v2.as_str());
+    assert_eq!(
+        agent.json("/v1/secrets/db-password").await.1["version"],
+        v2.as_str()
+    );
     let (status, body) = agent.json("/v1/secrets/db-password?refresh=true").await;
     assert_eq!(status, 200);
     assert_eq!(body["version"], v3.as_str());
     // The refreshed value replaced the cached one.
-    assert_eq!(agent.json("/v1/secrets/db-password").await.1["value"], "third-password");
+    assert_eq!(
+        agent.json("/v1/secrets/db-password").await.1["value"],
+        "third-password"
+    );
     // first read, the version read, the refresh.
     assert_eq!(agent.vault.calls("db-password"), 3);
 }
@@ -208,7 +262,9 @@ async fn a_quiet_long_poll_answers_304() {
     let agent = TestAgent::start().await;
     let v1 = agent.vault.current_version("db-password").unwrap();
     let response = agent
-        .get(&format!("/v1/secrets/db-password?after_version={v1}&wait=1"))
+        .get(&format!(
+            "/v1/secrets/db-password?after_version={v1}&wait=1"
+        ))
         .send()
         .await
         .unwrap();
@@ -217,7 +273,10 @@ async fn a_quiet_long_poll_answers_304() {
     assert_eq!(response.bytes().await.unwrap().len(), 0);
     // wait=0, or no wait: at once.
     let response = agent
-        .get(&format!("/v1/secrets/db-password?after_version={}", v1.to_uppercase()))
+        .get(&format!(
+            "/v1/secrets/db-password?after_version={}",
+            v1.to_uppercase()
+        ))
         .send()
         .await
         .unwrap();
@@ -231,17 +290,26 @@ async fn a_long_poll_sees_a_rotation() {
     let v1 = body["version"].as_str().unwrap().to_owned();
 
     let poll = agent
-        .get(&format!("/v1/secrets/db-password?after_version={v1}&wait=60"))
+        .get(&format!(
+            "/v1/secrets/db-password?after_version={v1}&wait=60"
+        ))
         .send();
     let poll = tokio::spawn(poll);
     // Whether the poll is waiting yet or not, it must answer the new version: a rotation before
     // it subscribed is a differing version at once, one after is a change it waits for.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let v2 = agent.rotate("db-password", "second-password");
-    let response = tokio::time::timeout(PATIENCE, poll).await.unwrap().unwrap().unwrap();
+    let response = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body, secret_body("db-password", "second-password", &v2, &body["created_on"]));
+    assert_eq!(
+        body,
+        secret_body("db-password", "second-password", &v2, &body["created_on"])
+    );
     assert_eq!(agent.vault.calls("db-password"), 2);
 }
 
@@ -286,14 +354,20 @@ async fn an_sse_client_sees_each_rotation_and_never_a_value() {
 #[tokio::test]
 async fn a_watcher_that_goes_away_frees_its_slot() {
     let agent = TestAgent::start_with(|settings| settings.server.max_watchers = 1).await;
-    let mut first = agent.get("/v1/watch?name=db-password").send().await.unwrap();
+    let mut first = agent
+        .get("/v1/watch?name=db-password")
+        .send()
+        .await
+        .unwrap();
     let mut text = String::new();
     read_until(&mut first, &mut text, ": watching\n\n").await;
 
     // The one slot is taken: a long poll and a second stream are refused.
     let v1 = agent.vault.current_version("db-password").unwrap();
     let (status, body) = agent
-        .json(&format!("/v1/secrets/db-password?after_version={v1}&wait=5"))
+        .json(&format!(
+            "/v1/secrets/db-password?after_version={v1}&wait=5"
+        ))
         .await;
     assert_eq!(status, 429);
     assert_eq!(
@@ -327,7 +401,9 @@ async fn a_watcher_that_goes_away_frees_its_slot() {
 async fn connections_over_the_limit_get_429() {
     let agent = TestAgent::start_with(|settings| settings.server.max_connections = 1).await;
     // An idle connection holds the only slot (it has until the header timeout to speak).
-    let mut idle = tokio::net::TcpStream::connect(agent.agent.local_addr()).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(agent.agent.local_addr())
+        .await
+        .unwrap();
     // Make sure the server accepted it before the next one comes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = common::client()
@@ -356,12 +432,17 @@ async fn connections_over_the_limit_get_429() {
 #[tokio::test]
 async fn malformed_requests_get_an_error_not_a_panic() {
     let agent = TestAgent::start().await;
-    let mut stream = tokio::net::TcpStream::connect(agent.agent.local_addr()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(agent.agent.local_addr())
+        .await
+        .unwrap();
     stream.write_all(b"\x00\x01garbage\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer).await;
     let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
     // The server still serves.
     assert_eq!(agent.json("/v1/secrets/db-password").await.0, 200);
     let (status, body) = agent.json("/v1/secrets/%FF%FE").await;
@@ -373,7 +454,15 @@ async fn malformed_requests_get_an_error_not_a_panic() {
 async fn metrics_hold_the_requests_the_cache_and_the_job() {
     let agent = TestAgent::start().await;
     assert_eq!(agent.json("/v1/secrets/db-password").await.0, 200);
-    assert_eq!(agent.get_anonymous("/v1/secrets/db-password").send().await.unwrap().status(), 401);
+    assert_eq!(
+        agent
+            .get_anonymous("/v1/secrets/db-password")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     agent.rotate("db-password", "second-password");
     agent.settled(1).await;
     let response = agent.get_anonymous("/metrics").send().await.unwrap();
@@ -393,10 +482,19 @@ async fn metrics_hold_the_requests_the_cache_and_the_job() {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
     let has = |prefix: &str| text.lines().any(|line| line.starts_with(prefix));
-    assert!(has("kvi_agent_http_requests_total{route=\"/v1/secrets/{name}\",status=\"200\"}"), "{text}");
-    assert!(has("kvi_agent_http_requests_total{route=\"/v1/secrets/{name}\",status=\"401\"}"), "{text}");
+    assert!(
+        has("kvi_agent_http_requests_total{route=\"/v1/secrets/{name}\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(
+        has("kvi_agent_http_requests_total{route=\"/v1/secrets/{name}\",status=\"401\"}"),
+        "{text}"
+    );
     assert!(has("kvi_agent_http_request_duration_seconds_bucket{route=\"/v1/secrets/{name}\",le=\"0.001\"}"), "{text}");
-    assert!(has("keyvault_invalidator_events_invalidated_total{job=\"kvi-agent\"}"), "{text}");
+    assert!(
+        has("keyvault_invalidator_events_invalidated_total{job=\"kvi-agent\"}"),
+        "{text}"
+    );
     assert!(!text.contains("first-password") && !text.contains(TOKEN));
 }
 
@@ -405,7 +503,10 @@ async fn readiness_follows_the_job() {
     let agent = TestAgent::start().await;
     let (status, body) = {
         let response = agent.get_anonymous("/readyz").send().await.unwrap();
-        (response.status(), response.json::<serde_json::Value>().await.unwrap())
+        (
+            response.status(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
     };
     assert_eq!(status, 200);
     assert_eq!(body, json!({"status": "ready"}));

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use keyvault_invalidator_agent::config::{Settings, DEFAULT_LISTEN};
 
 fn read(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/agent").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/agent")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -13,7 +15,11 @@ fn read(name: &str) -> String {
 fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
     let dockerfile = read("Dockerfile");
     assert!(dockerfile.contains("-p keyvault-invalidator-agent --bin kvi-agent"));
-    assert_eq!(dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")), 2, "multi-stage");
+    assert_eq!(
+        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")),
+        2,
+        "multi-stage"
+    );
     assert!(dockerfile.contains("FROM gcr.io/distroless/cc-debian12:nonroot"));
     assert!(dockerfile.contains("USER nonroot"));
     assert!(dockerfile.contains("EXPOSE 2773"));
@@ -23,7 +29,9 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
 #[test]
 fn the_systemd_unit_is_hardened() {
     let unit = read("kvi-agent.service");
-    assert!(unit.contains("ExecStart=/usr/local/bin/kvi-agent --config /etc/kvi-agent/kvi-agent.toml"));
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/kvi-agent --config /etc/kvi-agent/kvi-agent.toml")
+    );
     for setting in [
         "DynamicUser=yes",
         "NoNewPrivileges=yes",

@@ -80,13 +80,21 @@ async fn access_denied_is_403() {
     setup.standin.fail_next(1, Fault::Forbidden);
     let (status, code, message) = setup.error("/v1/secrets/db-password").await;
     assert_eq!((status, code.as_str()), (403, "access_denied"));
-    assert!(message.starts_with("secret `db-password`: access denied"), "{message}");
+    assert!(
+        message.starts_with("secret `db-password`: access denied"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn throttling_is_429_with_the_vaults_retry_after() {
     let setup = setup(10).await;
-    setup.standin.fail_next(1, Fault::Throttled { retry_after_secs: 7 });
+    setup.standin.fail_next(
+        1,
+        Fault::Throttled {
+            retry_after_secs: 7,
+        },
+    );
     let response = setup.get("/v1/secrets/db-password").await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
@@ -108,7 +116,10 @@ async fn a_vault_5xx_is_502() {
         setup.standin.fail_next(1, Fault::Status(status));
         let (status, code, message) = setup.error("/v1/secrets/db-password").await;
         assert_eq!((status, code.as_str()), (502, "upstream_unavailable"));
-        assert!(message.starts_with("secret `db-password`: transient failure"), "{message}");
+        assert!(
+            message.starts_with("secret `db-password`: transient failure"),
+            "{message}"
+        );
     }
     // And the vault answering again: the value.
     assert_eq!(setup.get("/v1/secrets/db-password").await.status(), 200);
@@ -117,10 +128,15 @@ async fn a_vault_5xx_is_502() {
 #[tokio::test]
 async fn a_vault_that_does_not_answer_in_time_is_504() {
     let setup = setup(1).await;
-    setup.standin.fail_next(1, Fault::Delay(Duration::from_secs(4)));
+    setup
+        .standin
+        .fail_next(1, Fault::Delay(Duration::from_secs(4)));
     let (status, code, message) = setup.error("/v1/secrets/db-password").await;
     assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
-    assert_eq!(message, "secret `db-password`: Key Vault did not answer within 1000 ms");
+    assert_eq!(
+        message,
+        "secret `db-password`: Key Vault did not answer within 1000 ms"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +144,10 @@ async fn a_missing_secret_and_an_invalid_name() {
     let setup = setup(10).await;
     let (status, code, message) = setup.error("/v1/secrets/no-such-secret").await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
-    assert!(message.starts_with("secret `no-such-secret`: not found"), "{message}");
+    assert!(
+        message.starts_with("secret `no-such-secret`: not found"),
+        "{message}"
+    );
 
     let (status, code, _) = setup.error("/v1/secrets/not_valid%21").await;
     assert_eq!((status, code.as_str()), (400, "invalid_name"));

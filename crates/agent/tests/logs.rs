@@ -23,8 +23,17 @@ async fn no_secret_value_nor_token_reaches_the_logs_at_trace() {
     let agent = TestAgent::start().await;
     let v1 = agent.vault.current_version("db-password").unwrap();
     assert_eq!(agent.json("/v1/secrets/db-password").await.0, 200);
-    assert_eq!(agent.json("/v1/secrets/db-password?refresh=true").await.0, 200);
-    assert_eq!(agent.json(&format!("/v1/secrets/db-password?version={v1}")).await.0, 200);
+    assert_eq!(
+        agent.json("/v1/secrets/db-password?refresh=true").await.0,
+        200
+    );
+    assert_eq!(
+        agent
+            .json(&format!("/v1/secrets/db-password?version={v1}"))
+            .await
+            .0,
+        200
+    );
     assert_eq!(agent.json("/v1/secrets/missing").await.0, 404);
     let wrong = agent
         .get_anonymous("/v1/secrets/db-password")
@@ -34,10 +43,16 @@ async fn no_secret_value_nor_token_reaches_the_logs_at_trace() {
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    let mut stream = agent.get("/v1/watch?name=db-password").send().await.unwrap();
+    let mut stream = agent
+        .get("/v1/watch?name=db-password")
+        .send()
+        .await
+        .unwrap();
     let poll = tokio::spawn(
         agent
-            .get(&format!("/v1/secrets/db-password?after_version={v1}&wait=30"))
+            .get(&format!(
+                "/v1/secrets/db-password?after_version={v1}&wait=30"
+            ))
             .send(),
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -56,8 +71,14 @@ async fn no_secret_value_nor_token_reaches_the_logs_at_trace() {
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     drop(stream);
-    agent.vault.fail_next(1, keyvault_invalidator_core::ProviderErrorKind::AccessDenied);
-    assert_eq!(agent.json("/v1/secrets/db-password?refresh=true").await.0, 403);
+    agent.vault.fail_next(
+        1,
+        keyvault_invalidator_core::ProviderErrorKind::AccessDenied,
+    );
+    assert_eq!(
+        agent.json("/v1/secrets/db-password?refresh=true").await.0,
+        403
+    );
     agent.agent.shutdown().await.unwrap();
 
     let logs = std::fs::read_to_string(&path).unwrap();

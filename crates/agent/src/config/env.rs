@@ -21,27 +21,91 @@ pub enum ValueType {
 /// Every override: the variable, the key it sets (`section.key`), and its type.
 pub const ENV_OVERRIDES: &[(&str, &str, ValueType)] = &[
     ("KVI_AGENT_LISTEN", "server.listen", ValueType::Text),
-    ("KVI_AGENT_ALLOW_NON_LOOPBACK", "server.allow_non_loopback", ValueType::Boolean),
+    (
+        "KVI_AGENT_ALLOW_NON_LOOPBACK",
+        "server.allow_non_loopback",
+        ValueType::Boolean,
+    ),
     ("KVI_AGENT_TOKEN_FILE", "server.token_file", ValueType::Text),
-    ("KVI_AGENT_MAX_CONNECTIONS", "server.max_connections", ValueType::Integer),
-    ("KVI_AGENT_MAX_WATCHERS", "server.max_watchers", ValueType::Integer),
-    ("KVI_AGENT_REQUEST_TIMEOUT_SECS", "server.request_timeout_secs", ValueType::Integer),
+    (
+        "KVI_AGENT_MAX_CONNECTIONS",
+        "server.max_connections",
+        ValueType::Integer,
+    ),
+    (
+        "KVI_AGENT_MAX_WATCHERS",
+        "server.max_watchers",
+        ValueType::Integer,
+    ),
+    (
+        "KVI_AGENT_REQUEST_TIMEOUT_SECS",
+        "server.request_timeout_secs",
+        ValueType::Integer,
+    ),
     ("KVI_AGENT_VAULT_URL", "vault.url", ValueType::Text),
     ("KVI_AGENT_VAULT_NAME", "vault.name", ValueType::Text),
-    ("KVI_AGENT_VAULT_CREDENTIAL", "vault.credential", ValueType::Text),
-    ("KVI_AGENT_VAULT_CLIENT_ID", "vault.client_id", ValueType::Text),
-    ("KVI_AGENT_VAULT_TIMEOUT_SECS", "vault.timeout_secs", ValueType::Integer),
+    (
+        "KVI_AGENT_VAULT_CREDENTIAL",
+        "vault.credential",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_VAULT_CLIENT_ID",
+        "vault.client_id",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_VAULT_TIMEOUT_SECS",
+        "vault.timeout_secs",
+        ValueType::Integer,
+    ),
     ("KVI_AGENT_CACHE_MODE", "cache.mode", ValueType::Text),
-    ("KVI_AGENT_CACHE_TTL_SECS", "cache.ttl_secs", ValueType::Integer),
-    ("KVI_AGENT_CACHE_MAX_STALENESS_SECS", "cache.max_staleness_secs", ValueType::Integer),
-    ("KVI_AGENT_CACHE_CAPACITY", "cache.capacity", ValueType::Integer),
-    ("KVI_AGENT_CACHE_JITTER_MS", "cache.jitter_ms", ValueType::Integer),
-    ("KVI_AGENT_NAMES_KEY_SEPARATOR", "names.key_separator", ValueType::Text),
-    ("KVI_AGENT_NAMES_VAULT_SEPARATOR", "names.vault_separator", ValueType::Text),
+    (
+        "KVI_AGENT_CACHE_TTL_SECS",
+        "cache.ttl_secs",
+        ValueType::Integer,
+    ),
+    (
+        "KVI_AGENT_CACHE_MAX_STALENESS_SECS",
+        "cache.max_staleness_secs",
+        ValueType::Integer,
+    ),
+    (
+        "KVI_AGENT_CACHE_CAPACITY",
+        "cache.capacity",
+        ValueType::Integer,
+    ),
+    (
+        "KVI_AGENT_CACHE_JITTER_MS",
+        "cache.jitter_ms",
+        ValueType::Integer,
+    ),
+    (
+        "KVI_AGENT_NAMES_KEY_SEPARATOR",
+        "names.key_separator",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_NAMES_VAULT_SEPARATOR",
+        "names.vault_separator",
+        ValueType::Text,
+    ),
     ("KVI_AGENT_TRANSPORT", "transport.kind", ValueType::Text),
-    ("KVI_AGENT_SERVICEBUS_REGISTRATION", "transport.registration", ValueType::Text),
-    ("KVI_AGENT_SERVICEBUS_NAMESPACE", "transport.namespace", ValueType::Text),
-    ("KVI_AGENT_SERVICEBUS_TOPIC", "transport.topic", ValueType::Text),
+    (
+        "KVI_AGENT_SERVICEBUS_REGISTRATION",
+        "transport.registration",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_SERVICEBUS_NAMESPACE",
+        "transport.namespace",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_SERVICEBUS_TOPIC",
+        "transport.topic",
+        ValueType::Text,
+    ),
     (
         "KVI_AGENT_SERVICEBUS_CONNECTION_STRING_SECRET",
         "transport.connection_string_secret",
@@ -85,7 +149,9 @@ fn parse(variable: &str, text: &str, value_type: ValueType) -> Result<toml::Valu
             .filter(|n| *n >= 0)
             .map(toml::Value::Integer)
             .ok_or_else(|| {
-                AgentError::config(format!("{variable}: `{text}` is not a non-negative integer"))
+                AgentError::config(format!(
+                    "{variable}: `{text}` is not a non-negative integer"
+                ))
             }),
         ValueType::Boolean => match text.trim() {
             "true" | "1" => Ok(toml::Value::Boolean(true)),

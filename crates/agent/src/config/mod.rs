@@ -36,9 +36,8 @@ use crate::error::AgentError;
 pub use env::{ENV_OVERRIDES, TOKEN_ENV};
 pub use masked::Masked;
 pub use sections::{
-    DEFAULT_LISTEN,
     CacheMode, CacheSettings, Credential, NameSettings, RabbitMqSettings, ServerSettings,
-    ServiceBusRegistration, ServiceBusSettings, TransportSettings, VaultSettings,
+    ServiceBusRegistration, ServiceBusSettings, TransportSettings, VaultSettings, DEFAULT_LISTEN,
 };
 pub use token::{ApiToken, TokenSource};
 
@@ -65,8 +64,11 @@ impl Settings {
     /// and checks the result.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, AgentError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            AgentError::config(format!("cannot read the configuration file `{}`", path.display()))
-                .with_source(e)
+            AgentError::config(format!(
+                "cannot read the configuration file `{}`",
+                path.display()
+            ))
+            .with_source(e)
         })?;
         Self::from_toml_str(&text, &path.display().to_string(), env)
     }
@@ -92,14 +94,16 @@ impl Settings {
         let settings = if applied.is_empty() {
             from_file
         } else {
-            toml::Value::Table(table).try_into::<Settings>().map_err(|e| {
-                AgentError::config(format!(
-                    "{origin} with the environment overrides {}: {}",
-                    applied.join(", "),
-                    e.message().trim_end()
-                ))
-                .with_source(e)
-            })?
+            toml::Value::Table(table)
+                .try_into::<Settings>()
+                .map_err(|e| {
+                    AgentError::config(format!(
+                        "{origin} with the environment overrides {}: {}",
+                        applied.join(", "),
+                        e.message().trim_end()
+                    ))
+                    .with_source(e)
+                })?
         };
         settings.check()?;
         Ok(settings)

@@ -10,10 +10,8 @@ use super::Masked;
 use crate::error::{AgentError, AgentErrorKind};
 
 /// The default listen address: loopback, the port the AWS Secrets Manager Agent uses too.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
-    2773,
-);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 2773);
 
 /// `[server]`: the HTTP server.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -235,9 +233,9 @@ impl NameSettings {
             (Some(_), None) | (None, Some(_)) => Err(AgentError::config(
                 "names: set both key_separator and vault_separator, or neither",
             )),
-            (Some(key), Some(vault)) if key.is_empty() || vault.is_empty() => Err(
-                AgentError::config("names: a separator cannot be empty"),
-            ),
+            (Some(key), Some(vault)) if key.is_empty() || vault.is_empty() => {
+                Err(AgentError::config("names: a separator cannot be empty"))
+            }
             _ => Ok(()),
         }
     }

@@ -44,31 +44,54 @@ fn a_full_file_reads_into_every_section() {
     assert_eq!(settings.server.listen.to_string(), "127.0.0.1:3000");
     assert_eq!(settings.server.max_connections, 10);
     assert_eq!(settings.vault.credential, Credential::WorkloadIdentity);
-    assert_eq!(settings.vault.allowed_vault_name().as_deref(), Some("orders-kv"));
+    assert_eq!(
+        settings.vault.allowed_vault_name().as_deref(),
+        Some("orders-kv")
+    );
     assert_eq!(settings.cache.mode, CacheMode::Invalidate);
     assert_eq!(settings.cache.ttl_secs, 60);
-    assert_eq!(settings.names.mapping().to_vault_name("Db:Password"), "Db--Password");
+    assert_eq!(
+        settings.names.mapping().to_vault_name("Db:Password"),
+        "Db--Password"
+    );
     let TransportSettings::RabbitMq(rabbit) = &settings.transport else {
         panic!("{:?}", settings.transport)
     };
-    assert_eq!(rabbit.uri.as_ref().unwrap().expose(), "amqps://app:hunter2-password@rabbit:5671/%2f");
+    assert_eq!(
+        rabbit.uri.as_ref().unwrap().expose(),
+        "amqps://app:hunter2-password@rabbit:5671/%2f"
+    );
     assert_eq!(rabbit.instance_prefix.as_deref(), Some("orders"));
 }
 
 #[test]
 fn unknown_keys_are_refused_by_name_and_line() {
-    let error = Settings::from_toml_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", "a.toml", no_env)
-        .unwrap_err();
+    let error = Settings::from_toml_str(
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n",
+        "a.toml",
+        no_env,
+    )
+    .unwrap_err();
     assert_eq!(error.kind(), AgentErrorKind::Config);
     let message = error.to_string();
-    assert!(message.starts_with("a.toml line 3: unknown field `lisen`"), "{message}");
+    assert!(
+        message.starts_with("a.toml line 3: unknown field `lisen`"),
+        "{message}"
+    );
 
-    let error = Settings::from_toml_str("[transport]\nkind = \"rabbitmq\"\nurl = \"x\"\n", "b.toml", no_env)
-        .unwrap_err();
+    let error = Settings::from_toml_str(
+        "[transport]\nkind = \"rabbitmq\"\nurl = \"x\"\n",
+        "b.toml",
+        no_env,
+    )
+    .unwrap_err();
     assert!(error.to_string().contains("unknown field `url`"), "{error}");
 
     let error = Settings::from_toml_str("[caches]\n", "c.toml", no_env).unwrap_err();
-    assert!(error.to_string().contains("unknown field `caches`"), "{error}");
+    assert!(
+        error.to_string().contains("unknown field `caches`"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -76,23 +99,45 @@ fn environment_overrides_win_over_the_file() {
     let env = env_of(&[
         ("KVI_AGENT_LISTEN", "127.0.0.1:4000"),
         ("KVI_AGENT_CACHE_TTL_SECS", "120"),
-        ("KVI_AGENT_RABBITMQ_URI", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        (
+            "KVI_AGENT_RABBITMQ_URI",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ),
     ]);
     let settings = Settings::from_toml_str(FULL, "full.toml", env).unwrap();
     assert_eq!(settings.server.listen.to_string(), "127.0.0.1:4000");
     assert_eq!(settings.cache.ttl_secs, 120);
-    let TransportSettings::RabbitMq(rabbit) = &settings.transport else { panic!() };
-    assert_eq!(rabbit.uri.as_ref().unwrap().expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let TransportSettings::RabbitMq(rabbit) = &settings.transport else {
+        panic!()
+    };
+    assert_eq!(
+        rabbit.uri.as_ref().unwrap().expose(),
+        "amqp://guest:guest@127.0.0.1:5672/%2f"
+    );
 
-    let error = Settings::from_toml_str(FULL, "full.toml", env_of(&[("KVI_AGENT_CACHE_TTL_SECS", "soon")]))
-        .unwrap_err();
-    assert_eq!(error.to_string(), "KVI_AGENT_CACHE_TTL_SECS: `soon` is not a non-negative integer");
+    let error = Settings::from_toml_str(
+        FULL,
+        "full.toml",
+        env_of(&[("KVI_AGENT_CACHE_TTL_SECS", "soon")]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "KVI_AGENT_CACHE_TTL_SECS: `soon` is not a non-negative integer"
+    );
 
     // An override that does not fit the transport is named.
-    let error = Settings::from_toml_str(FULL, "full.toml", env_of(&[("KVI_AGENT_SERVICEBUS_TOPIC", "t")]))
-        .unwrap_err();
+    let error = Settings::from_toml_str(
+        FULL,
+        "full.toml",
+        env_of(&[("KVI_AGENT_SERVICEBUS_TOPIC", "t")]),
+    )
+    .unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("KVI_AGENT_SERVICEBUS_TOPIC") && message.contains("unknown field `topic`"), "{message}");
+    assert!(
+        message.contains("KVI_AGENT_SERVICEBUS_TOPIC") && message.contains("unknown field `topic`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -107,20 +152,36 @@ fn every_override_names_a_real_key() {
             "vault.credential" => "developer-tools",
             "cache.mode" => "invalidate",
             "transport.kind" => "none",
-            k if k.ends_with("_secs") || k.ends_with("_ms") || k.ends_with("connections") || k.ends_with("watchers") || k.ends_with("capacity") => "5",
+            k if k.ends_with("_secs")
+                || k.ends_with("_ms")
+                || k.ends_with("connections")
+                || k.ends_with("watchers")
+                || k.ends_with("capacity") =>
+            {
+                "5"
+            }
             _ => "x",
         };
         let result = Settings::from_toml_str("", "(none)", env_of(&[(variable, value)]));
         if let Err(error) = result {
-            assert!(!error.to_string().contains("unknown field"), "{variable}: {error}");
+            assert!(
+                !error.to_string().contains("unknown field"),
+                "{variable}: {error}"
+            );
         }
     }
 }
 
 #[test]
 fn a_non_loopback_listen_address_needs_to_be_asked_for_by_name() {
-    let error = Settings::from_toml_str("[server]\nlisten = \"0.0.0.0:2773\"\n", "x.toml", no_env).unwrap_err();
-    assert!(error.to_string().starts_with("server.listen: `0.0.0.0:2773` is not a loopback address"), "{error}");
+    let error = Settings::from_toml_str("[server]\nlisten = \"0.0.0.0:2773\"\n", "x.toml", no_env)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("server.listen: `0.0.0.0:2773` is not a loopback address"),
+        "{error}"
+    );
     let settings = Settings::from_toml_str(
         "[server]\nlisten = \"0.0.0.0:2773\"\nallow_non_loopback = true\n",
         "x.toml",
@@ -145,10 +206,15 @@ fn the_event_grid_transports_are_refused_for_now() {
 
 #[test]
 fn service_bus_registrations_check_their_keys() {
-    let managed = "[transport]\nkind = \"servicebus\"\nnamespace = \"my-ns\"\ntopic = \"keyvault-events\"\n";
+    let managed =
+        "[transport]\nkind = \"servicebus\"\nnamespace = \"my-ns\"\ntopic = \"keyvault-events\"\n";
     assert!(Settings::from_toml_str(managed, "x", no_env).is_ok());
-    let error = Settings::from_toml_str("[transport]\nkind = \"servicebus\"\nnamespace = \"my-ns\"\n", "x", no_env)
-        .unwrap_err();
+    let error = Settings::from_toml_str(
+        "[transport]\nkind = \"servicebus\"\nnamespace = \"my-ns\"\n",
+        "x",
+        no_env,
+    )
+    .unwrap_err();
     assert_eq!(error.to_string(), "transport.topic is required");
     let stored = "[transport]\nkind = \"servicebus\"\nregistration = \"connection-string\"\nconnection_string_secret = \"ServiceBus--ConnectionString\"\n";
     assert!(Settings::from_toml_str(stored, "x", no_env).is_ok());
@@ -158,19 +224,42 @@ fn service_bus_registrations_check_their_keys() {
         no_env,
     )
     .unwrap_err();
-    assert_eq!(error.to_string(), "transport.connection_string_secret is required");
+    assert_eq!(
+        error.to_string(),
+        "transport.connection_string_secret is required"
+    );
 }
 
 #[test]
 fn other_checks_name_the_key() {
     for (text, message) in [
-        ("[cache]\nttl_secs = 0\n", "cache.ttl_secs must be at least 1"),
-        ("[server]\nmax_connections = 0\n", "server.max_connections must be at least 1"),
-        ("[names]\nkey_separator = \":\"\n", "names: set both key_separator and vault_separator, or neither"),
-        ("[vault]\nurl = \"http://kv.vault.azure.net/\"\n", "vault.url: `http://kv.vault.azure.net/` is not an https:// URL"),
-        ("[transport]\nkind = \"rabbitmq\"\n", "transport.uri is required for kind = \"rabbitmq\" (or KVI_AGENT_RABBITMQ_URI)"),
+        (
+            "[cache]\nttl_secs = 0\n",
+            "cache.ttl_secs must be at least 1",
+        ),
+        (
+            "[server]\nmax_connections = 0\n",
+            "server.max_connections must be at least 1",
+        ),
+        (
+            "[names]\nkey_separator = \":\"\n",
+            "names: set both key_separator and vault_separator, or neither",
+        ),
+        (
+            "[vault]\nurl = \"http://kv.vault.azure.net/\"\n",
+            "vault.url: `http://kv.vault.azure.net/` is not an https:// URL",
+        ),
+        (
+            "[transport]\nkind = \"rabbitmq\"\n",
+            "transport.uri is required for kind = \"rabbitmq\" (or KVI_AGENT_RABBITMQ_URI)",
+        ),
     ] {
-        assert_eq!(Settings::from_toml_str(text, "x", no_env).unwrap_err().to_string(), message);
+        assert_eq!(
+            Settings::from_toml_str(text, "x", no_env)
+                .unwrap_err()
+                .to_string(),
+            message
+        );
     }
 }
 
@@ -184,7 +273,12 @@ fn check_config_output_masks_the_broker_password() {
     assert!(printed.contains("kind = \"rabbitmq\""), "{printed}");
     assert!(!format!("{settings:?}").contains("hunter2"));
     // What it prints reads back as the same settings.
-    let again = Settings::from_toml_str(&printed.replace("\"***\"", "\"amqps://u:p@h/\""), "printed", no_env).unwrap();
+    let again = Settings::from_toml_str(
+        &printed.replace("\"***\"", "\"amqps://u:p@h/\""),
+        "printed",
+        no_env,
+    )
+    .unwrap();
     assert_eq!(again.server.listen, settings.server.listen);
 }
 

@@ -123,6 +123,10 @@ impl ApiToken {
     /// Whether `candidate` is the token. Constant time in the bytes compared (`subtle`); a
     /// candidate of another length is refused at once, which tells only the length.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        self.token.expose_secret().as_bytes().ct_eq(candidate).into()
+        self.token
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(candidate)
+            .into()
     }
 }

@@ -13,7 +13,8 @@ pub const TOKEN_HEADER: &str = "x-kvi-token";
 /// 400 for a request that went through a proxy (`X-Forwarded-For` or `Forwarded`): a local
 /// client never sends them, a server-side request forgery through a proxy often does.
 pub fn refuse_forwarded(headers: &HeaderMap) -> Option<Response<AgentBody>> {
-    let forwarded = headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+    let forwarded =
+        headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
     forwarded.then(|| {
         error(
             StatusCode::BAD_REQUEST,

@@ -128,7 +128,13 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         match connections.clone().try_acquire_owned() {
             Ok(permit) => {
-                tokio::spawn(connection(stream, peer, state.clone(), permit, header_timeout));
+                tokio::spawn(connection(
+                    stream,
+                    peer,
+                    state.clone(),
+                    permit,
+                    header_timeout,
+                ));
             }
             Err(_) => {
                 metrics::counter!(CONNECTIONS_REFUSED).increment(1);
@@ -156,7 +162,9 @@ async fn connection(
         async move { Ok::<_, Infallible>(router::handle(&state, request).await) }
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let served = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(served);
     let result = tokio::select! {
@@ -180,9 +188,10 @@ async fn refuse(stream: TcpStream) {
             "too_many_connections",
             "the connection limit (server.max_connections) is reached",
         );
-        refusal
-            .headers_mut()
-            .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+        refusal.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
         Ok::<_, Infallible>(refusal)
     });
     let mut builder = http1::Builder::new();

@@ -91,7 +91,9 @@ impl SecretQuery {
                 .ok_or_else(|| {
                     bad_request(
                         "invalid_query",
-                        &format!("query parameter `wait` is whole seconds from 0 to {MAX_WAIT_SECS}"),
+                        &format!(
+                            "query parameter `wait` is whole seconds from 0 to {MAX_WAIT_SECS}"
+                        ),
                     )
                 })?;
             parsed.wait_secs = Some(seconds);
@@ -155,7 +157,11 @@ pub fn secret_name(segment: &str) -> Result<String, Refusal> {
 }
 
 fn check_name(name: &str) -> Result<(), Refusal> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('/') || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name.contains('/')
+        || name.chars().any(char::is_control)
+    {
         return Err(bad_request(
             "invalid_name",
             &format!("a secret name is 1 to {MAX_NAME_LEN} characters, without `/` or control characters"),
@@ -201,7 +207,10 @@ mod tests {
         assert!(secret_name("").is_err());
         assert!(secret_name("a%2Fb").is_err());
         assert!(secret_name("%FF").is_err());
-        assert_eq!(watched_names(Some("name=a&name=b&name=A")).unwrap(), vec!["a", "b"]);
+        assert_eq!(
+            watched_names(Some("name=a&name=b&name=A")).unwrap(),
+            vec!["a", "b"]
+        );
         assert!(watched_names(None).is_err());
         assert!(watched_names(Some("names=a")).is_err());
     }

@@ -23,7 +23,11 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A response with `status` and a body, `Cache-Control: no-store` and `content_type`.
-pub fn with_body(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<AgentBody> {
+pub fn with_body(
+    status: StatusCode,
+    content_type: HeaderValue,
+    body: Bytes,
+) -> Response<AgentBody> {
     let mut response = Response::new(Either::Left(Full::new(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -37,7 +41,11 @@ pub fn json(status: StatusCode, value: &impl Serialize) -> Response<AgentBody> {
     match serde_json::to_vec(value) {
         Ok(body) => with_body(status, JSON, Bytes::from(body)),
         // Our bodies are plain structs and strings; serialising them cannot fail.
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot encode the answer"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot encode the answer",
+        ),
     }
 }
 

@@ -56,11 +56,19 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Ag
     let started = Instant::now();
     let route = Route::of(request.uri().path());
     let response = answer(state, route, &request).await;
-    crate::metrics::record_request(route.metric_index(), response.status().as_u16(), started.elapsed());
+    crate::metrics::record_request(
+        route.metric_index(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
-async fn answer(state: &AppState, route: Route<'_>, request: &Request<Incoming>) -> Response<AgentBody> {
+async fn answer(
+    state: &AppState,
+    route: Route<'_>,
+    request: &Request<Incoming>,
+) -> Response<AgentBody> {
     if let Some(refusal) = auth::refuse_forwarded(request.headers()) {
         return refusal;
     }

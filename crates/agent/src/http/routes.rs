@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use http_body_util::Either;
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
-use http_body_util::Either;
 use keyvault_invalidator_core::{ProviderError, Secret, SecretProvider};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -16,7 +16,13 @@ use super::{AppState, WatcherGauge};
 
 /// `GET /healthz`: the process answers.
 pub fn healthz() -> Response<AgentBody> {
-    response::json(StatusCode::OK, &Status { status: "ok", reason: None })
+    response::json(
+        StatusCode::OK,
+        &Status {
+            status: "ok",
+            reason: None,
+        },
+    )
 }
 
 #[derive(Serialize)]
@@ -29,7 +35,13 @@ struct Status<'a> {
 /// `GET /readyz`: 200 while the job runs and its transport is connected, else 503 saying why.
 pub fn readyz(state: &AppState) -> Response<AgentBody> {
     match state.readiness.check(state.metrics.as_ref()) {
-        Ok(()) => response::json(StatusCode::OK, &Status { status: "ready", reason: None }),
+        Ok(()) => response::json(
+            StatusCode::OK,
+            &Status {
+                status: "ready",
+                reason: None,
+            },
+        ),
         Err(reason) => response::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &Status {
@@ -108,7 +120,12 @@ fn differs(secret: &Secret, known: &str) -> bool {
 
 /// `?after_version=V&wait=S`: the secret at once when its version is not `V`, else when a
 /// rotation brings another one within `S` seconds, else 304.
-async fn long_poll(state: &AppState, name: &str, known: &str, wait_secs: u64) -> Response<AgentBody> {
+async fn long_poll(
+    state: &AppState,
+    name: &str,
+    known: &str,
+    wait_secs: u64,
+) -> Response<AgentBody> {
     let Ok(permit) = state.watchers.clone().try_acquire_owned() else {
         return too_many_watchers();
     };
@@ -199,6 +216,9 @@ pub async fn watch(state: &AppState, query: Option<&str>) -> Response<AgentBody>
         hyper::header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
-    headers.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     response
 }

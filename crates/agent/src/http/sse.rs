@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use hyper::body::{Body, Frame};
+use keyvault_invalidator_core::CancellationToken;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
-use keyvault_invalidator_core::CancellationToken;
 
 /// How often a comment line is sent while nothing rotates, so proxies and clients keep the
 /// connection open and a client that went away is noticed.
@@ -81,11 +81,16 @@ async fn feed(
 ) {
     let _permit = permit;
     let _gauge = super::WatcherGauge::enter();
-    if frames.send(Bytes::from_static(READY_COMMENT.as_bytes())).await.is_err() {
+    if frames
+        .send(Bytes::from_static(READY_COMMENT.as_bytes()))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut rotations = stream::select_all(watched.into_iter().map(rotations));
-    let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     loop {
         let frame = tokio::select! {
             _ = frames.closed() => return,
@@ -110,22 +115,25 @@ fn rotations(watched: Watched) -> BoxStream<'static, Bytes> {
         versions,
         known,
     } = watched;
-    stream::unfold((name, versions, known), |(name, mut versions, mut last)| async move {
-        loop {
-            let current = versions.borrow_and_update().clone();
-            if let Some(version) = current {
-                let news = last
-                    .as_deref()
-                    .is_none_or(|last| !last.eq_ignore_ascii_case(&version));
-                if news {
-                    let frame = event_frame(&name, &version);
-                    last = Some(version);
-                    return Some((frame, (name, versions, last)));
+    stream::unfold(
+        (name, versions, known),
+        |(name, mut versions, mut last)| async move {
+            loop {
+                let current = versions.borrow_and_update().clone();
+                if let Some(version) = current {
+                    let news = last
+                        .as_deref()
+                        .is_none_or(|last| !last.eq_ignore_ascii_case(&version));
+                    if news {
+                        let frame = event_frame(&name, &version);
+                        last = Some(version);
+                        return Some((frame, (name, versions, last)));
+                    }
                 }
+                versions.changed().await.ok()?;
             }
-            versions.changed().await.ok()?;
-        }
-    })
+        },
+    )
     .boxed()
 }
 

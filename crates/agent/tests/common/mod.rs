@@ -90,7 +90,10 @@ impl TestAgent {
     /// new version without waiting for the job.
     pub fn rotate(&self, name: &str, value: &str) -> String {
         let version = self.vault.rotate(name, value);
-        let n = self.events.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let n = self
+            .events
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let event = KeyVaultEventBuilder::secret_new_version(name)
             .vault(VAULT)
             .version(&version)
@@ -115,7 +118,12 @@ impl TestAgent {
 
 /// The body the agent answers for `name` holding `value` at `version` (the in-memory vault sets
 /// no expiry nor not-before).
-pub fn secret_body(name: &str, value: &str, version: &str, created_on: &serde_json::Value) -> serde_json::Value {
+pub fn secret_body(
+    name: &str,
+    value: &str,
+    version: &str,
+    created_on: &serde_json::Value,
+) -> serde_json::Value {
     serde_json::json!({
         "name": name,
         "value": value,
