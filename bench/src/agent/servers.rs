@@ -1,5 +1,5 @@
 //! The two servers under load: the agent (transport `none`, an in-memory vault holding
-//! [`SECRET`](super::SECRET)) and the floor, a minimal hyper server answering a fixed body.
+//! [`SECRET`]) and the floor, a minimal hyper server answering a fixed body.
 //! Each prints `READY {address}` on its first stdout line and serves until its standard input
 //! closes.
 
