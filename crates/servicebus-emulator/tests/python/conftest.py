@@ -7,7 +7,6 @@ connection string. It is stopped with SIGTERM and must exit 0.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests" / "python_support"))
-from cargo_build import cargo_executable  # noqa: E402
+from kvi_support import cargo_executable, stop  # noqa: E402
 
 PACKAGE = "keyvault-invalidator-servicebus-emulator"
 WORKSPACE = Path(__file__).resolve().parents[4]
@@ -45,14 +44,7 @@ class Emulator:
         self.connection_string = self.info["connection_string"]
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        return stop(self.process)
 
 
 @pytest.fixture

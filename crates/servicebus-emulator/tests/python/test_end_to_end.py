@@ -17,7 +17,7 @@ import time
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
 
-from cargo_build import cargo_executable
+from kvi_support import cargo_executable
 from conftest import SUBSCRIPTION, TOPIC, WORKSPACE
 
 MALFORMED = b'{"id":"bad-1","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{}}'

@@ -1,7 +1,9 @@
-"""Building a workspace binary or example with cargo for the Python tests, and finding its
-path in cargo's JSON messages (the target directory may be anywhere: CARGO_TARGET_DIR)."""
+"""What the Python tests share: building a workspace binary or example with cargo (its path
+from cargo's JSON messages: the target directory may be anywhere, CARGO_TARGET_DIR), and
+stopping a started binary with SIGTERM."""
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -25,3 +27,15 @@ def cargo_executable(build_args: list[str], target_name: str) -> str:
                 and message["target"]["name"] == target_name):
             return message["executable"]
     raise RuntimeError(f"cargo did not report the executable of {target_name}")
+
+
+def stop(process: subprocess.Popen) -> int:
+    """SIGTERM, then its exit code (killed, and the timeout raised, after 30 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
