@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use azure_core::http::{ClientOptions, HttpClient, RetryOptions, Transport};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -64,6 +65,16 @@ impl LoopbackTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             client,
         })
+    }
+}
+
+/// Client options with `transport` (a [`LoopbackTls::client`]) and the SDK's retries turned
+/// off, so that one call is one request and tests can count them.
+pub(crate) fn client_options(transport: Arc<dyn HttpClient>) -> ClientOptions {
+    ClientOptions {
+        transport: Some(Transport::new(transport)),
+        retry: RetryOptions::none(),
+        ..Default::default()
     }
 }
 

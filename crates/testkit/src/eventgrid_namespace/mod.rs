@@ -65,14 +65,14 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use azure_core::http::{ClientOptions, HttpClient, RetryOptions, Transport};
+use azure_core::http::{ClientOptions, HttpClient};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::keyvault_standin::FakeTokenCredential;
-use crate::loopback::{serve, LoopbackTls};
+use crate::loopback::{client_options, serve, LoopbackTls};
 use queue::Subscription;
 use server::{cloud_event_problem, handle, NamespaceState, Shared};
 
@@ -262,11 +262,7 @@ impl NamespaceStandIn {
 
     /// Client options with [`transport`](Self::transport) and no SDK retries.
     pub fn client_options(&self) -> ClientOptions {
-        ClientOptions {
-            transport: Some(Transport::new(self.transport())),
-            retry: RetryOptions::none(),
-            ..Default::default()
-        }
+        client_options(self.transport())
     }
 
     /// The access key the stand-in accepts.

@@ -56,12 +56,12 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use azure_core::http::{ClientOptions, HttpClient, RetryOptions, Transport};
+use azure_core::http::{ClientOptions, HttpClient};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use credential::FakeTokenCredential;
-use crate::loopback::{serve, LoopbackTls};
+use crate::loopback::{client_options, serve, LoopbackTls};
 use server::{handle, unix_now, ServerContext, StoredSecret, StoredVersion, VaultState};
 
 /// The vault name used by [`KeyVaultStandIn::start`].
@@ -220,11 +220,7 @@ impl KeyVaultStandIn {
     /// Client options with [`transport`](Self::transport) and the SDK's retries turned off, so
     /// one read is one request (plus the challenge on a fresh client).
     pub fn client_options(&self) -> ClientOptions {
-        ClientOptions {
-            transport: Some(Transport::new(self.transport())),
-            retry: RetryOptions::none(),
-            ..Default::default()
-        }
+        client_options(self.transport())
     }
 
     /// A credential whose token the stand-in accepts. Shared: its call count covers every
