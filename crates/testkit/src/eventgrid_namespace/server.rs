@@ -236,11 +236,11 @@ async fn receive(
 ) -> Response<Full<Bytes>> {
     let max_events = match number(query, "maxEvents", 1, 1..=100) {
         Ok(n) => n as usize,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "BadRequest", &message),
     };
     let max_wait = match number(query, "maxWaitTime", 60, 10..=120) {
         Ok(n) => Duration::from_secs(n),
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "BadRequest", &message),
     };
     let deadline = Instant::now() + max_wait.min(shared.wait_cap);
     loop {
@@ -308,7 +308,7 @@ fn settle(
         _ => {
             let seconds = match number(query, "releaseDelayInSeconds", 0, 0..=3600) {
                 Ok(n) => n,
-                Err(response) => return response,
+                Err(message) => return error(StatusCode::BAD_REQUEST, "BadRequest", &message),
             };
             if ![0, 10, 60, 600, 3600].contains(&seconds) {
                 return error(
@@ -368,27 +368,20 @@ fn settle(
     )
 }
 
-/// The query parameter `name` as a number in `range`, `default` when absent.
+/// The query parameter `name` as a number in `range`, `default` when absent; else what is
+/// wrong, for a 400.
 fn number(
     query: &HashMap<String, String>,
     name: &str,
     default: u64,
     range: std::ops::RangeInclusive<u64>,
-) -> Result<u64, Response<Full<Bytes>>> {
+) -> Result<u64, String> {
     let Some(text) = query.get(name) else {
         return Ok(default);
     };
     match text.parse::<u64>() {
         Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!(
-                "{name} must be {}..={}.",
-                range.start(),
-                range.end()
-            ),
-        )),
+        _ => Err(format!("{name} must be {}..={}.", range.start(), range.end())),
     }
 }
 
