@@ -96,6 +96,9 @@ where
                 continue;
             }
         };
+        // No Nagle: an answer's TLS records would otherwise wait for the client's delayed ACK
+        // (tens of milliseconds), which is the stand-in's doing, not the code under test's.
+        let _ = tcp.set_nodelay(true);
         // Reap finished connections so the set does not grow with every request.
         while connections.try_join_next().is_some() {}
         let acceptor = acceptor.clone();
