@@ -27,7 +27,10 @@ async fn an_entra_id_credential_gets_tokens_for_the_event_grid_scope() {
         .unwrap();
     let source = PullSource::new(config);
     let delivery = receive_some(&source, 10, "with a token").await.remove(0);
-    source.settle(delivery.token, Settlement::Complete).await.unwrap();
+    source
+        .settle(delivery.token, Settlement::Complete)
+        .await
+        .unwrap();
     assert_eq!(credential.last_scopes(), vec![EVENT_GRID_SCOPE.to_owned()]);
     assert_eq!(standin.calls(Operation::Acknowledge), 1);
     source.close().await.unwrap();
@@ -41,7 +44,10 @@ async fn a_missing_role_is_fatal_and_names_the_role() {
     let source = common::source(&standin, &topic, &subscription);
     let error = source.receive(10).await.unwrap_err();
     assert_eq!(error.kind, SourceErrorKind::Fatal, "{error}");
-    assert!(error.message.contains("EventGrid Data Receiver role"), "{error}");
+    assert!(
+        error.message.contains("EventGrid Data Receiver role"),
+        "{error}"
+    );
     source.close().await.unwrap();
 }
 
@@ -83,7 +89,9 @@ async fn a_wrong_key_is_fatal_names_the_problem_and_no_key_is_ever_shown() {
     let error = source.receive(10).await.unwrap_err();
     assert_eq!(error.kind, SourceErrorKind::Fatal, "{error}");
     assert!(
-        error.message.contains("Event Grid refused the credentials for :receive (401)")
+        error
+            .message
+            .contains("Event Grid refused the credentials for :receive (401)")
             && error.message.contains("check the access key"),
         "{error}"
     );
@@ -95,12 +103,18 @@ async fn a_wrong_key_is_fatal_names_the_problem_and_no_key_is_ever_shown() {
         .publish(&topic, [common::cloud_event("e-1", json!({}))])
         .unwrap();
     let delivery = receive_some(&right, 10, "with the key").await.remove(0);
-    right.settle(delivery.token, Settlement::Complete).await.unwrap();
+    right
+        .settle(delivery.token, Settlement::Complete)
+        .await
+        .unwrap();
     right.close().await.unwrap();
     source.close().await.unwrap();
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("Event Grid"), "the logs were captured: {logs}");
+    assert!(
+        logs.contains("Event Grid"),
+        "the logs were captured: {logs}"
+    );
     for shown in [
         config_debug,
         format!("{source:?}"),
@@ -109,6 +123,9 @@ async fn a_wrong_key_is_fatal_names_the_problem_and_no_key_is_ever_shown() {
         logs,
     ] {
         assert!(!shown.contains(wrong_key), "the wrong key leaked: {shown}");
-        assert!(!shown.contains(standin.access_key()), "the key leaked: {shown}");
+        assert!(
+            !shown.contains(standin.access_key()),
+            "the key leaked: {shown}"
+        );
     }
 }

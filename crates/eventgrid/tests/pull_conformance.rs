@@ -8,7 +8,9 @@
 mod common;
 
 use async_trait::async_trait;
-use keyvault_invalidator_core::{Bytes, Delivery, DeliveryToken, EventSource, Settlement, SourceError};
+use keyvault_invalidator_core::{
+    Bytes, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
+};
 use keyvault_invalidator_eventgrid::pull::PullSource;
 use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
 use keyvault_invalidator_testkit::eventgrid_namespace::NamespaceStandIn;
@@ -35,7 +37,11 @@ impl EventSource for DataOf {
         Ok(batch)
     }
 
-    async fn settle(&self, token: DeliveryToken, settlement: Settlement) -> Result<(), SourceError> {
+    async fn settle(
+        &self,
+        token: DeliveryToken,
+        settlement: Settlement,
+    ) -> Result<(), SourceError> {
         self.inner.settle(token, settlement).await
     }
 

@@ -48,7 +48,14 @@ async fn a_rotation_reaches_the_cache_through_the_namespace_topic() {
         "type": "Microsoft.KeyVault.SecretNewVersionCreated", "data": "not an object"
     });
     standin
-        .publish(&topic, [event("db-password", &db), event("api-key", &api), unreadable.clone()])
+        .publish(
+            &topic,
+            [
+                event("db-password", &db),
+                event("api-key", &api),
+                unreadable.clone(),
+            ],
+        )
         .expect("published");
 
     eventually("all three deliveries are settled", || {
@@ -68,7 +75,11 @@ async fn a_rotation_reaches_the_cache_through_the_namespace_topic() {
         }
     }
     assert_eq!(
-        (vault.calls("db-password"), vault.calls("api-key"), vault.calls("untouched")),
+        (
+            vault.calls("db-password"),
+            vault.calls("api-key"),
+            vault.calls("untouched")
+        ),
         (2, 2, 1)
     );
     eventually("the unreadable event is dead-lettered", || {
@@ -76,7 +87,10 @@ async fn a_rotation_reaches_the_cache_through_the_namespace_topic() {
     })
     .await;
     let letters = standin.dead_letters(&topic, &subscription);
-    assert_eq!((&letters[0].event, letters[0].reason.as_str()), (&unreadable, "Rejected"));
+    assert_eq!(
+        (&letters[0].event, letters[0].reason.as_str()),
+        (&unreadable, "Rejected")
+    );
     assert_eq!(
         (
             standin.calls(Operation::Acknowledge),
@@ -87,9 +101,15 @@ async fn a_rotation_reaches_the_cache_through_the_namespace_topic() {
     );
 
     let stats = handle.shutdown().await.unwrap();
-    assert_eq!((stats.completed, stats.dead_lettered, stats.invalidated), (2, 1, 2));
     assert_eq!(
-        (standin.ready_count(&topic, &subscription), standin.locked_count(&topic, &subscription)),
+        (stats.completed, stats.dead_lettered, stats.invalidated),
+        (2, 1, 2)
+    );
+    assert_eq!(
+        (
+            standin.ready_count(&topic, &subscription),
+            standin.locked_count(&topic, &subscription)
+        ),
         (0, 0),
         "nothing left"
     );

@@ -33,7 +33,10 @@ async fn failed_polls_are_reported_retried_and_lose_nothing() {
     for calls in 1..=2 {
         let error = source.receive(10).await.unwrap_err();
         assert_eq!(error.kind, SourceErrorKind::Transient, "{error}");
-        assert!(error.message.contains("answered :receive with 503"), "{error}");
+        assert!(
+            error.message.contains("answered :receive with 503"),
+            "{error}"
+        );
         assert_eq!(standin.calls(Operation::Receive), calls);
     }
     let mut batch = source.receive(10).await.expect("the third poll succeeds");
@@ -43,10 +46,16 @@ async fn failed_polls_are_reported_retried_and_lose_nothing() {
         (delivery.message_id.as_deref(), delivery.delivery_count),
         (Some("e-1"), 1)
     );
-    source.settle(delivery.token, Settlement::Complete).await.expect("acknowledged");
+    source
+        .settle(delivery.token, Settlement::Complete)
+        .await
+        .expect("acknowledged");
     assert_eq!(standin.calls(Operation::Acknowledge), 1);
     assert_eq!(
-        (standin.ready_count(&topic, &subscription), standin.locked_count(&topic, &subscription)),
+        (
+            standin.ready_count(&topic, &subscription),
+            standin.locked_count(&topic, &subscription)
+        ),
         (0, 0)
     );
     source.close().await.expect("close");
@@ -57,7 +66,13 @@ async fn throttling_is_waited_out_as_the_service_asks() {
     let standin = common::standin().await;
     let (topic, subscription) = common::new_subscription(&standin, "faults-429");
     publish(&standin, &topic, "e-1");
-    standin.fail_next(Operation::Receive, 1, Fault::Throttled { retry_after_secs: 2 });
+    standin.fail_next(
+        Operation::Receive,
+        1,
+        Fault::Throttled {
+            retry_after_secs: 2,
+        },
+    );
     let source = common::source(&standin, &topic, &subscription);
 
     let error = source.receive(10).await.unwrap_err();
@@ -85,7 +100,11 @@ async fn an_answer_lost_with_its_connection_loses_no_event() {
 
     let error = source.receive(10).await.unwrap_err();
     assert_eq!(error.kind, SourceErrorKind::Transient, "{error}");
-    assert_eq!(standin.locked_count(&topic, &subscription), 1, "locked by the lost answer");
+    assert_eq!(
+        standin.locked_count(&topic, &subscription),
+        1,
+        "locked by the lost answer"
+    );
     // Back once its lock runs out, counted twice.
     let mut batch = receive_some(&source, 10, "after the dropped answer").await;
     assert_eq!(batch.len(), 1);
@@ -94,9 +113,15 @@ async fn an_answer_lost_with_its_connection_loses_no_event() {
         (delivery.message_id.as_deref(), delivery.delivery_count),
         (Some("e-1"), 2)
     );
-    source.settle(delivery.token, Settlement::Complete).await.expect("acknowledged");
+    source
+        .settle(delivery.token, Settlement::Complete)
+        .await
+        .expect("acknowledged");
     assert_eq!(
-        (standin.ready_count(&topic, &subscription), standin.locked_count(&topic, &subscription)),
+        (
+            standin.ready_count(&topic, &subscription),
+            standin.locked_count(&topic, &subscription)
+        ),
         (0, 0)
     );
     source.close().await.expect("close");
@@ -126,7 +151,10 @@ async fn settling_after_the_lock_ran_out_is_a_lost_settlement_and_the_event_come
 
     let again = receive_some(&source, 10, "again").await.remove(0);
     assert_eq!(again.delivery_count, 2);
-    source.settle(again.token, Settlement::Complete).await.expect("acknowledged");
+    source
+        .settle(again.token, Settlement::Complete)
+        .await
+        .expect("acknowledged");
     source.close().await.expect("close");
 }
 
@@ -136,19 +164,32 @@ async fn a_failed_acknowledge_is_transient_and_the_event_comes_back() {
     let (topic, subscription) = common::new_subscription(&standin, "faults-ack");
     publish(&standin, &topic, "e-1");
     standin.fail_next(Operation::Acknowledge, 1, Fault::Status(500));
-    standin.fail_next(Operation::Release, 1, Fault::Delay(Duration::from_millis(500)));
+    standin.fail_next(
+        Operation::Release,
+        1,
+        Fault::Delay(Duration::from_millis(500)),
+    );
     let source = common::source(&standin, &topic, &subscription);
 
     let delivery = receive_some(&source, 10, "first").await.remove(0);
-    let error = source.settle(delivery.token, Settlement::Complete).await.unwrap_err();
+    let error = source
+        .settle(delivery.token, Settlement::Complete)
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, SourceErrorKind::Transient, "{error}");
     // Not acknowledged: it comes back when the lock runs out, and a slow release still works.
     let again = receive_some(&source, 10, "again").await.remove(0);
     assert_eq!(again.delivery_count, 2);
-    source.settle(again.token, Settlement::Abandon).await.expect("released, slowly");
+    source
+        .settle(again.token, Settlement::Abandon)
+        .await
+        .expect("released, slowly");
     let third = receive_some(&source, 10, "third").await.remove(0);
     assert_eq!(third.delivery_count, 3);
-    source.settle(third.token, Settlement::Complete).await.expect("acknowledged");
+    source
+        .settle(third.token, Settlement::Complete)
+        .await
+        .expect("acknowledged");
     assert_eq!(
         (
             standin.calls(Operation::Acknowledge),
@@ -175,12 +216,19 @@ async fn past_the_max_delivery_count_an_abandoned_event_is_dead_lettered() {
     for count in 1..=2 {
         let delivery = receive_some(&source, 10, "abandoned").await.remove(0);
         assert_eq!(delivery.delivery_count, count);
-        source.settle(delivery.token, Settlement::Abandon).await.expect("released");
+        source
+            .settle(delivery.token, Settlement::Abandon)
+            .await
+            .expect("released");
     }
     let letters = standin.dead_letters("faults-max-topic", "faults-max-sub");
     assert_eq!(letters.len(), 1);
     assert_eq!(
-        (letters[0].event["id"].as_str(), letters[0].delivery_count, letters[0].reason.as_str()),
+        (
+            letters[0].event["id"].as_str(),
+            letters[0].delivery_count,
+            letters[0].reason.as_str()
+        ),
         (Some("e-1"), 2, "MaxDeliveryCountExceeded")
     );
     source.close().await.expect("close");

@@ -110,7 +110,12 @@ impl NamespaceClient {
             self.max_wait_time.as_secs()
         );
         let body = self
-            .post(":receive", &query, Vec::new(), self.max_wait_time + RECEIVE_GRACE)
+            .post(
+                ":receive",
+                &query,
+                Vec::new(),
+                self.max_wait_time + RECEIVE_GRACE,
+            )
             .await?;
         let answer: ReceiveResult = parse(":receive", &body)?;
         answer
@@ -165,15 +170,22 @@ impl NamespaceClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, PullError> {
-        let mut address = format!("{}{operation}?api-version={API_VERSION}", self.subscription_url);
+        let mut address = format!(
+            "{}{operation}?api-version={API_VERSION}",
+            self.subscription_url
+        );
         if !query.is_empty() {
             address.push('&');
             address.push_str(query);
         }
-        let url = Url::parse(&address)
-            .map_err(|e| PullError::new(PullErrorKind::Rejected, format!("{operation}: bad URL")).with_source(e))?;
+        let url = Url::parse(&address).map_err(|e| {
+            PullError::new(PullErrorKind::Rejected, format!("{operation}: bad URL")).with_source(e)
+        })?;
         let mut request = Request::new(url, Method::Post);
-        request.insert_header(HeaderName::from_static("content-type"), "application/json; charset=utf-8");
+        request.insert_header(
+            HeaderName::from_static("content-type"),
+            "application/json; charset=utf-8",
+        );
         request.set_body(body);
         let options = PipelineSendOptions {
             skip_checks: true,

@@ -428,9 +428,13 @@ const MAX_LOCK_RENEWAL: Duration = Duration::from_secs(3600);
 
 fn parse_endpoint(endpoint: &str, allow_insecure: bool) -> Result<Url, PullConfigError> {
     use PullConfigErrorKind as Kind;
-    let invalid = |message: String| PullConfigError::new(Kind::InvalidEndpoint, "endpoint", message);
-    let url = Url::parse(endpoint.trim())
-        .map_err(|e| invalid(format!("is not a URL ({e}): expected https://{{namespace}}.{{region}}-1.eventgrid.azure.net")))?;
+    let invalid =
+        |message: String| PullConfigError::new(Kind::InvalidEndpoint, "endpoint", message);
+    let url = Url::parse(endpoint.trim()).map_err(|e| {
+        invalid(format!(
+            "is not a URL ({e}): expected https://{{namespace}}.{{region}}-1.eventgrid.azure.net"
+        ))
+    })?;
     let Some(host) = url.host_str() else {
         return Err(invalid("has no host".to_owned()));
     };
@@ -461,7 +465,8 @@ fn parse_endpoint(endpoint: &str, allow_insecure: bool) -> Result<Url, PullConfi
 
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Namespace topic and event subscription names: 3-50 letters, digits and `-` (the resource

@@ -132,7 +132,10 @@ impl PullError {
         let (kind, what) = match error.kind() {
             CoreErrorKind::Credential => (
                 PullErrorKind::Credential,
-                format!("the credential gave no token for {} ({operation})", super::EVENT_GRID_SCOPE),
+                format!(
+                    "the credential gave no token for {} ({operation})",
+                    super::EVENT_GRID_SCOPE
+                ),
             ),
             CoreErrorKind::Connection | CoreErrorKind::Io => (
                 PullErrorKind::Network,
@@ -206,9 +209,12 @@ mod tests {
         assert_eq!(forbidden.kind, PullErrorKind::Forbidden);
         assert!(!forbidden.is_retryable());
         assert!(forbidden.message.contains("EventGrid Data Receiver"));
-        let unauthorized = PullError::status(":receive", 401, &none, Some("Unauthorized: bad key".into()));
+        let unauthorized =
+            PullError::status(":receive", 401, &none, Some("Unauthorized: bad key".into()));
         assert_eq!(unauthorized.kind, PullErrorKind::Unauthorized);
-        assert!(unauthorized.message.contains("(401): Unauthorized: bad key"));
+        assert!(unauthorized
+            .message
+            .contains("(401): Unauthorized: bad key"));
         for status in [408, 500, 502, 503] {
             assert_eq!(
                 PullError::status(":receive", status, &none, None).kind,
@@ -231,11 +237,21 @@ mod tests {
         assert_eq!(source.kind, SourceErrorKind::Transient);
         assert_eq!(source.retry_after, Some(Duration::from_secs(3)));
 
-        let ms = PullError::status(":receive", 503, &headers(&[("retry-after-ms", "250"), ("retry-after", "9")]), None);
+        let ms = PullError::status(
+            ":receive",
+            503,
+            &headers(&[("retry-after-ms", "250"), ("retry-after", "9")]),
+            None,
+        );
         assert_eq!(ms.retry_after, Some(Duration::from_millis(250)));
         let long = PullError::status(":receive", 429, &headers(&[("retry-after", "99999")]), None);
         assert_eq!(long.retry_after, Some(MAX_RETRY_AFTER));
-        let date = PullError::status(":receive", 429, &headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]), None);
+        let date = PullError::status(
+            ":receive",
+            429,
+            &headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            None,
+        );
         assert_eq!(date.retry_after, None);
         // A refusal is not retried, whatever it says.
         let refused = PullError::status(":receive", 401, &headers(&[("retry-after", "3")]), None);

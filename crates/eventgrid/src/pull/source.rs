@@ -17,9 +17,7 @@ use keyvault_invalidator_core::lock::{HeldLock, LockRenewal, LockRenewer};
 use keyvault_invalidator_core::{
     Bytes, Delivery, DeliveryToken, EventSource, Settlement, SourceError,
 };
-use keyvault_invalidator_transport::{
-    Attempt, CloseReason, Connector, Incoming, Lifecycle,
-};
+use keyvault_invalidator_transport::{Attempt, CloseReason, Connector, Incoming, Lifecycle};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -155,7 +153,11 @@ impl EventSource for PullSource {
             .collect())
     }
 
-    async fn settle(&self, token: DeliveryToken, settlement: Settlement) -> Result<(), SourceError> {
+    async fn settle(
+        &self,
+        token: DeliveryToken,
+        settlement: Settlement,
+    ) -> Result<(), SourceError> {
         let PullToken { lock_token, _lock } = token.into_handle()?;
         if self.closed.load(Ordering::SeqCst) {
             return Err(SourceError::settlement_lost(

@@ -277,7 +277,11 @@ impl NamespaceStandIn {
 
     /// Publishes CloudEvents to `topic` (as `:publish` does, without HTTP); an event without
     /// the required attributes, or an unknown topic, is refused with the service's message.
-    pub fn publish(&self, topic: &str, events: impl IntoIterator<Item = Value>) -> Result<(), String> {
+    pub fn publish(
+        &self,
+        topic: &str,
+        events: impl IntoIterator<Item = Value>,
+    ) -> Result<(), String> {
         let events: Vec<Value> = events.into_iter().collect();
         if let Some(problem) = events.iter().find_map(cloud_event_problem) {
             return Err(problem);

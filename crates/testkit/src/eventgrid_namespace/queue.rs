@@ -143,7 +143,10 @@ impl Subscription {
         };
         let Some(locked) = self.locked.remove(token) else {
             return Err(if issued {
-                failed("TokenLost", "The lock token has expired or was already settled.")
+                failed(
+                    "TokenLost",
+                    "The lock token has expired or was already settled.",
+                )
             } else {
                 failed("BadToken", "The lock token is not valid.")
             });
@@ -167,7 +170,8 @@ impl Subscription {
                     ));
                 }
                 let until = now + self.settings.lock_duration;
-                self.locked.insert(token.to_owned(), Locked { until, ..locked });
+                self.locked
+                    .insert(token.to_owned(), Locked { until, ..locked });
             }
         }
         Ok(())

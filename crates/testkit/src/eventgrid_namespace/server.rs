@@ -69,7 +69,9 @@ impl NamespaceState {
 
 /// The route of a request.
 enum Route {
-    Publish { topic: String },
+    Publish {
+        topic: String,
+    },
     Subscription {
         topic: String,
         subscription: String,
@@ -104,7 +106,11 @@ fn route(path: &str) -> Option<Route> {
 pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Answer {
     let (parts, body) = request.into_parts();
     let Some(route) = route(parts.uri.path()).filter(|_| parts.method == Method::POST) else {
-        return Ok(error(StatusCode::NOT_FOUND, "NotFound", "No such operation."));
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such operation.",
+        ));
     };
     let operation = match &route {
         Route::Publish { .. } => Operation::Publish,
@@ -114,7 +120,10 @@ pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Answe
     let fault = {
         let mut state = shared.lock();
         *state.calls.entry(operation).or_default() += 1;
-        let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let authorization = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let access_key = format!("SharedAccessKey {}", shared.access_key);
         let bearer = format!("Bearer {}", shared.token);
         if authorization != Some(access_key.as_str()) && authorization != Some(bearer.as_str()) {
@@ -124,7 +133,10 @@ pub(super) async fn handle(shared: &Shared, request: Request<Incoming>) -> Answe
                 "The request authorization key is not authorized for this resource.",
             ));
         }
-        state.faults.get_mut(&operation).and_then(VecDeque::pop_front)
+        state
+            .faults
+            .get_mut(&operation)
+            .and_then(VecDeque::pop_front)
     };
     if query.get("api-version").map(String::as_str) != Some(API_VERSION) {
         return Ok(error(
@@ -381,7 +393,11 @@ fn number(
     };
     match text.parse::<u64>() {
         Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(format!("{name} must be {}..={}.", range.start(), range.end())),
+        _ => Err(format!(
+            "{name} must be {}..={}.",
+            range.start(),
+            range.end()
+        )),
     }
 }
 
@@ -402,5 +418,8 @@ fn not_found(topic: &str, subscription: &str) -> Response<Full<Bytes>> {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(status, &json!({ "error": { "code": code, "message": message } }))
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
 }

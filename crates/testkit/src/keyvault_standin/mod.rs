@@ -60,8 +60,8 @@ use azure_core::http::{ClientOptions, HttpClient};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use credential::FakeTokenCredential;
 use crate::loopback::{client_options, serve, LoopbackTls};
+pub use credential::FakeTokenCredential;
 use server::{handle, unix_now, ServerContext, StoredSecret, StoredVersion, VaultState};
 
 /// The vault name used by [`KeyVaultStandIn::start`].

@@ -242,7 +242,6 @@ fn error_response(
     json_response(status, &json!({ "error": error }))
 }
 
-
 pub(super) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
