@@ -233,3 +233,49 @@ async fn past_the_max_delivery_count_an_abandoned_event_is_dead_lettered() {
     );
     source.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_holds_no_more_than_max_events_received_ahead() {
+    // Locks of a minute, so that none runs out while the test counts them.
+    let standin = NamespaceStandIn::builder()
+        .wait_cap(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let (topic, subscription) = common::new_subscription(&standin, "bounded");
+    for n in 0..10 {
+        publish(&standin, &topic, &format!("e-{n}"));
+    }
+    let config = common::builder(&standin, &topic, &subscription)
+        .access_key(standin.access_key())
+        .lock_duration(Duration::from_secs(60))
+        .max_events(3)
+        .build()
+        .unwrap();
+    let source = keyvault_invalidator_eventgrid::pull::PullSource::new(config);
+    let first = source.receive(1).await.expect("one");
+    assert_eq!(first.len(), 1);
+    // One handed out, three held ahead: the rest stays with the service.
+    keyvault_invalidator_testkit::eventually("the poller fills its buffer", || {
+        standin.locked_count(&topic, &subscription) == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        (
+            standin.locked_count(&topic, &subscription),
+            standin.ready_count(&topic, &subscription)
+        ),
+        (4, 6)
+    );
+    drop(first);
+    source.close().await.expect("close");
+    // Close released every lock it held, the handed-out one too (its token was dropped).
+    assert_eq!(
+        (
+            standin.locked_count(&topic, &subscription),
+            standin.ready_count(&topic, &subscription)
+        ),
+        (0, 10)
+    );
+}
