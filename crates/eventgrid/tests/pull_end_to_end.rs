@@ -106,10 +106,7 @@ async fn a_rotation_reaches_the_cache_through_the_namespace_topic() {
         (2, 1, 2)
     );
     assert_eq!(
-        (
-            standin.ready_count(&topic, &subscription),
-            standin.locked_count(&topic, &subscription)
-        ),
+        common::ready_and_locked(&standin, &topic, &subscription),
         (0, 0),
         "nothing left"
     );

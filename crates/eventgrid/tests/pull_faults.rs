@@ -52,10 +52,7 @@ async fn failed_polls_are_reported_retried_and_lose_nothing() {
         .expect("acknowledged");
     assert_eq!(standin.calls(Operation::Acknowledge), 1);
     assert_eq!(
-        (
-            standin.ready_count(&topic, &subscription),
-            standin.locked_count(&topic, &subscription)
-        ),
+        common::ready_and_locked(&standin, &topic, &subscription),
         (0, 0)
     );
     source.close().await.expect("close");
@@ -118,10 +115,7 @@ async fn an_answer_lost_with_its_connection_loses_no_event() {
         .await
         .expect("acknowledged");
     assert_eq!(
-        (
-            standin.ready_count(&topic, &subscription),
-            standin.locked_count(&topic, &subscription)
-        ),
+        common::ready_and_locked(&standin, &topic, &subscription),
         (0, 0)
     );
     source.close().await.expect("close");
@@ -262,20 +256,14 @@ async fn the_poller_holds_no_more_than_max_events_received_ahead() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        (
-            standin.locked_count(&topic, &subscription),
-            standin.ready_count(&topic, &subscription)
-        ),
-        (4, 6)
+        common::ready_and_locked(&standin, &topic, &subscription),
+        (6, 4)
     );
     drop(first);
     source.close().await.expect("close");
     // Close released every lock it held, the handed-out one too (its token was dropped).
     assert_eq!(
-        (
-            standin.locked_count(&topic, &subscription),
-            standin.ready_count(&topic, &subscription)
-        ),
-        (0, 10)
+        common::ready_and_locked(&standin, &topic, &subscription),
+        (10, 0)
     );
 }

@@ -61,3 +61,15 @@ pub fn cloud_event(id: &str, data: Value) -> Value {
         "data": data,
     })
 }
+
+/// `(ready, locked)`: what the subscription holds.
+pub fn ready_and_locked(
+    standin: &NamespaceStandIn,
+    topic: &str,
+    subscription: &str,
+) -> (usize, usize) {
+    (
+        standin.ready_count(topic, subscription),
+        standin.locked_count(topic, subscription),
+    )
+}
