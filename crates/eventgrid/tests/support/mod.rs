@@ -55,26 +55,15 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Vec<u8>>)
     (status, response.text().await.unwrap())
 }
 
-/// A Key Vault `SecretNewVersionCreated` event in the Event Grid schema.
+/// A Key Vault `SecretNewVersionCreated` event in the Event Grid schema, from vault
+/// `test-kv`, timed now (the cache ignores events older than what it loaded).
 pub fn event_grid_event(id: &str, secret: &str, version: &str) -> Value {
-    json!({
-        "id": id,
-        "topic": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/test-kv",
-        "subject": secret,
-        "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
-        "eventTime": "2026-12-02T06:00:00Z",
-        "dataVersion": "1",
-        "metadataVersion": "1",
-        "data": {
-            "Id": format!("https://test-kv.vault.azure.net/secrets/{secret}/{version}"),
-            "VaultName": "test-kv",
-            "ObjectType": "Secret",
-            "ObjectName": secret,
-            "Version": version,
-            "NBF": null,
-            "EXP": null
-        }
-    })
+    keyvault_invalidator_testkit::KeyVaultEventBuilder::secret_new_version(secret)
+        .vault("test-kv")
+        .version(version)
+        .id(id)
+        .now()
+        .event_grid()
 }
 
 /// An RSA key pair that signs RS256 tokens under a key id.

@@ -78,7 +78,7 @@ impl EntraIdValidator {
         let key = self.key(&kid).await?;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map_err(|error| Refusal::TokenInvalid(describe(error.kind()).to_owned()))?;
-        if !data.claims.roles.iter().any(|role| *role == self.config.role) {
+        if !data.claims.roles.contains(&self.config.role) {
             return Err(Refusal::TokenInvalid(format!(
                 "the token lacks the {} role",
                 self.config.role
