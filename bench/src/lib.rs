@@ -14,3 +14,4 @@ pub mod memory;
 pub mod pipeline;
 pub mod report;
 pub mod simulation;
+pub mod webhook;

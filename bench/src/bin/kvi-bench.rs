@@ -2,7 +2,7 @@
 //! writes the report. `bench/run` calls it after the criterion benchmarks.
 //!
 //! ```text
-//! kvi-bench [--quick] [--out DIR] [--criterion DIR] [--write FILE]
+//! kvi-bench [--quick] [--out DIR] [--criterion DIR] [--write FILE] [--only SECTION]
 //! kvi-bench report [--out DIR] [--criterion DIR] [--write FILE]   # the report only
 //! kvi-bench memory-probe SECRETS                                  # used by the run itself
 //! ```
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use keyvault_invalidator_bench::end_to_end::{self, Sizes};
 use keyvault_invalidator_bench::report::{self, CriterionResults, Measurements};
-use keyvault_invalidator_bench::{memory, simulation};
+use keyvault_invalidator_bench::{memory, simulation, webhook};
 
 const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -28,7 +28,10 @@ struct Args {
 
 impl Args {
     fn wants(&self, section: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| only == section)
+        // `--only a,b` runs those sections.
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|name| name == section))
     }
 }
 
@@ -163,6 +166,17 @@ async fn measure(args: &Args) -> Result<(), String> {
             Err(why) => measurements
                 .skipped
                 .push(("Service Bus emulator".to_owned(), why)),
+        }
+    }
+
+    if args.wants("webhook") {
+        // The Service Bus emulator's sizes: the two are compared in the report.
+        eprintln!("5b. Event Grid webhook: {servicebus:?}");
+        match webhook::webhook_push(servicebus).await {
+            Ok(result) => measurements.transports.push(result),
+            Err(why) => measurements
+                .skipped
+                .push((webhook::TRANSPORT.to_owned(), why)),
         }
     }
 

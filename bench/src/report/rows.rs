@@ -212,6 +212,7 @@ pub(super) fn transport_rows(measurements: &Measurements, rows: &mut Vec<Row>) {
         "in-process, invalidate mode" => "3. Engine in process, invalidate mode",
         "RabbitMQ" => "4. Through RabbitMQ",
         "Service Bus emulator, prefetch 64" => "5. Through the Service Bus emulator, prefetch 64",
+        "Event Grid webhook" => "5b. Through the Event Grid webhook (HTTP push)",
         _ => "5. Through the Service Bus emulator",
     };
     for result in &measurements.transports {

@@ -382,12 +382,9 @@ impl EntraIdConfig {
             ))
             .with_source(error)
         })?;
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(domain)) => domain == "localhost",
-            None => false,
-        };
+        let loopback = url
+            .host_str()
+            .is_some_and(keyvault_invalidator_core::is_loopback_host);
         match url.scheme() {
             "https" => Ok(()),
             "http" if loopback => Ok(()),

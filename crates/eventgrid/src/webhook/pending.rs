@@ -21,12 +21,12 @@ pub(crate) enum Answer {
     /// An event should be tried again (or the source is going away): 503, Event Grid retries.
     Retry,
     /// An event can never be applied: 400, Event Grid dead-letters (or drops) the request.
-    Refused(Vec<Refusal>),
+    Refused(Vec<RefusedEvent>),
 }
 
 /// One dead-lettered event of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
+pub(crate) struct RefusedEvent {
     /// Its position in the request.
     pub(crate) index: usize,
     /// Its `id`, when it had one.
@@ -57,7 +57,7 @@ pub(crate) enum Settled {
 struct Request {
     unsettled: usize,
     abandoned: bool,
-    refusals: Vec<Refusal>,
+    refusals: Vec<RefusedEvent>,
     ids: Vec<Option<String>>,
     answer: oneshot::Sender<Answer>,
 }
@@ -187,7 +187,7 @@ impl Pending {
                 reason,
                 description,
                 ..
-            } => entry.refusals.push(Refusal {
+            } => entry.refusals.push(RefusedEvent {
                 index,
                 id: entry.ids.get(index).cloned().flatten(),
                 reason,

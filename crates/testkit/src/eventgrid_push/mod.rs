@@ -215,12 +215,9 @@ impl EventGridPusher {
     /// for a test certificate.
     pub fn new(url: &str) -> Result<Self, PushError> {
         let url = reqwest::Url::parse(url).map_err(|e| PushError(format!("`{url}`: {e}")))?;
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(domain)) => domain == "localhost",
-            None => false,
-        };
+        let loopback = url
+            .host_str()
+            .is_some_and(keyvault_invalidator_core::is_loopback_host);
         match url.scheme() {
             "https" => {}
             "http" if loopback => {}
