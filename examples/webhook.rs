@@ -57,7 +57,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_target(false)
         .init();
-    let args = args().map_err(|why| format!("{why}\nusage: webhook --listen 127.0.0.1:PORT --shared-secret SECRET"))?;
+    let args = args().map_err(|why| {
+        format!("{why}\nusage: webhook --listen 127.0.0.1:PORT --shared-secret SECRET")
+    })?;
 
     let vault = InMemoryVault::new();
     vault.set(SECRET, "first password");
@@ -71,20 +73,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = WebhookSource::bind(config).await?;
     let job = Job::builder(source.clone(), KeyVaultInvalidator::new(cache.clone())).spawn()?;
 
-    let url = format!("http://{}/api/events?code={}", source.local_addr(), args.shared_secret);
+    let url = format!(
+        "http://{}/api/events?code={}",
+        source.local_addr(),
+        args.shared_secret
+    );
     let event = KeyVaultEventBuilder::secret_new_version(SECRET)
         .vault("example-kv")
         .version(&new_version)
         .now()
         .cloud_event();
-    println!("webhook listening on http://{}/ ; try:", source.local_addr());
+    println!(
+        "webhook listening on http://{}/ ; try:",
+        source.local_addr()
+    );
     println!(
         "curl -i '{url}' -H 'aeg-event-type: SubscriptionValidation' -d \
          '[{{\"id\":\"1\",\"eventType\":\"Microsoft.EventGrid.SubscriptionValidationEvent\",\"data\":{{\"validationCode\":\"512d38b6\"}}}}]'"
     );
-    println!(
-        "curl -i -X OPTIONS '{url}' -H 'WebHook-Request-Origin: eventgrid.azure.net'"
-    );
+    println!("curl -i -X OPTIONS '{url}' -H 'WebHook-Request-Origin: eventgrid.azure.net'");
     println!(
         "curl -i '{url}' -H 'aeg-event-type: Notification' -H 'content-type: application/cloudevents+json' -d '{event}'"
     );

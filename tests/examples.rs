@@ -235,7 +235,10 @@ fn the_webhook_example_answers_the_requests_it_prints() {
         .unwrap_or_else(|| panic!("unexpected first line: {first}"))
         .to_owned();
     let curls: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
-    assert!(curls.iter().all(|line| line.starts_with("curl -i ")), "{curls:?}");
+    assert!(
+        curls.iter().all(|line| line.starts_with("curl -i ")),
+        "{curls:?}"
+    );
     let event = curls[2]
         .split_once("-d '")
         .map(|(_, rest)| rest.trim_end_matches('\''))
@@ -245,15 +248,38 @@ fn the_webhook_example_answers_the_requests_it_prints() {
     let with_code = format!("/api/events?code={secret}");
 
     let unauthenticated = request(&address, "POST", "/api/events", "", validation);
-    assert!(unauthenticated.starts_with("HTTP/1.1 401"), "{unauthenticated}");
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401"),
+        "{unauthenticated}"
+    );
     let malformed = request(&address, "POST", &with_code, "", "{not json");
     assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
-    let validated = request(&address, "POST", &with_code, "aeg-event-type: SubscriptionValidation\r\n", validation);
+    let validated = request(
+        &address,
+        "POST",
+        &with_code,
+        "aeg-event-type: SubscriptionValidation\r\n",
+        validation,
+    );
     assert!(validated.starts_with("HTTP/1.1 200"), "{validated}");
-    assert!(validated.ends_with(r#"{"validationResponse":"512d38b6"}"#), "{validated}");
-    let options = request(&address, "OPTIONS", &with_code, "WebHook-Request-Origin: eventgrid.azure.net\r\n", "");
+    assert!(
+        validated.ends_with(r#"{"validationResponse":"512d38b6"}"#),
+        "{validated}"
+    );
+    let options = request(
+        &address,
+        "OPTIONS",
+        &with_code,
+        "WebHook-Request-Origin: eventgrid.azure.net\r\n",
+        "",
+    );
     assert!(options.starts_with("HTTP/1.1 200"), "{options}");
-    assert!(options.to_ascii_lowercase().contains("webhook-allowed-origin: eventgrid.azure.net"), "{options}");
+    assert!(
+        options
+            .to_ascii_lowercase()
+            .contains("webhook-allowed-origin: eventgrid.azure.net"),
+        "{options}"
+    );
     let applied = request(
         &address,
         "POST",

@@ -53,7 +53,9 @@ fn publisher(
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let outcome = pusher.push_events(&format!("m{i}"), &[body.as_slice()]).await;
+            let outcome = pusher
+                .push_events(&format!("m{i}"), &[body.as_slice()])
+                .await;
             if !matches!(outcome, PushOutcome::Delivered { status: 200, .. }) {
                 failures.fetch_add(1, Ordering::Relaxed);
             }

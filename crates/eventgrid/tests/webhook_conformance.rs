@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use keyvault_invalidator_eventgrid::webhook::{WebhookConfig, WebhookSource};
 use keyvault_invalidator_testkit::conformance::{self, ConformanceTarget, DeadLetter};
-use keyvault_invalidator_testkit::eventgrid_push::{DeliverySchema, EventGridPusher, RetrySchedule};
+use keyvault_invalidator_testkit::eventgrid_push::{
+    DeliverySchema, EventGridPusher, RetrySchedule,
+};
 use secrecy::SecretString;
 
 const SECRET: &str = "conformance-secret";

@@ -69,8 +69,16 @@ async fn a_token_from_event_grid_is_accepted_with_either_issuer() {
     let key = SigningKey::generate("key-a");
     let keys = KeysStandIn::start(vec![key.jwk()]).await;
     let source = webhook(entra_id(&keys)).await;
-    assert_eq!(status_with(&source, Some(&key.sign(&event_grid_claims()))).await.0, 200);
-    let v1 = with(event_grid_claims(), json!({ "iss": format!("https://sts.windows.net/{TENANT}/") }));
+    assert_eq!(
+        status_with(&source, Some(&key.sign(&event_grid_claims())))
+            .await
+            .0,
+        200
+    );
+    let v1 = with(
+        event_grid_claims(),
+        json!({ "iss": format!("https://sts.windows.net/{TENANT}/") }),
+    );
     assert_eq!(status_with(&source, Some(&key.sign(&v1))).await.0, 200);
     assert_eq!(keys.requests(), 1, "the keys are fetched once and cached");
     source.close().await.unwrap();
@@ -87,18 +95,49 @@ async fn every_failed_check_is_refused_401_with_a_bearer_challenge() {
         ("no token", None),
         ("not a JWT", Some("not.a.jwt".to_owned())),
         ("bad signature", Some(impostor.sign(&claims))),
-        ("wrong issuer", Some(key.sign(&with(claims.clone(), json!({ "iss": "https://login.microsoftonline.com/other-tenant/v2.0" }))))),
-        ("wrong audience", Some(key.sign(&with(claims.clone(), json!({ "aud": "api://someone-else" }))))),
-        ("expired", Some(key.sign(&with(claims.clone(), json!({ "exp": now() - 3600 }))))),
-        ("not yet valid", Some(key.sign(&with(claims.clone(), json!({ "nbf": now() + 3600 }))))),
-        ("no expiry", Some(key.sign(&with(claims.clone(), json!({ "exp": null }))))),
-        ("no role", Some(key.sign(&with(claims.clone(), json!({ "roles": null }))))),
-        ("another role", Some(key.sign(&with(claims.clone(), json!({ "roles": ["Reader"] }))))),
+        (
+            "wrong issuer",
+            Some(key.sign(&with(
+                claims.clone(),
+                json!({ "iss": "https://login.microsoftonline.com/other-tenant/v2.0" }),
+            ))),
+        ),
+        (
+            "wrong audience",
+            Some(key.sign(&with(
+                claims.clone(),
+                json!({ "aud": "api://someone-else" }),
+            ))),
+        ),
+        (
+            "expired",
+            Some(key.sign(&with(claims.clone(), json!({ "exp": now() - 3600 })))),
+        ),
+        (
+            "not yet valid",
+            Some(key.sign(&with(claims.clone(), json!({ "nbf": now() + 3600 })))),
+        ),
+        (
+            "no expiry",
+            Some(key.sign(&with(claims.clone(), json!({ "exp": null })))),
+        ),
+        (
+            "no role",
+            Some(key.sign(&with(claims.clone(), json!({ "roles": null })))),
+        ),
+        (
+            "another role",
+            Some(key.sign(&with(claims.clone(), json!({ "roles": ["Reader"] })))),
+        ),
     ];
     for (case, token) in cases {
         let (status, challenge) = status_with(&source, token.as_deref()).await;
         assert_eq!(status, 401, "{case}");
-        assert_eq!(challenge.as_deref(), Some("Bearer error=\"invalid_token\""), "{case}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Bearer error=\"invalid_token\""),
+            "{case}"
+        );
     }
     source.close().await.unwrap();
 }
@@ -109,13 +148,28 @@ async fn an_unknown_key_id_fetches_the_keys_again() {
     let new = SigningKey::generate("key-new");
     let keys = KeysStandIn::start(vec![old.jwk()]).await;
     let source = webhook(entra_id(&keys)).await;
-    assert_eq!(status_with(&source, Some(&old.sign(&event_grid_claims()))).await.0, 200);
+    assert_eq!(
+        status_with(&source, Some(&old.sign(&event_grid_claims())))
+            .await
+            .0,
+        200
+    );
     assert_eq!(keys.requests(), 1);
     // The tenant rotates its keys: the first token with the new key id makes a fetch.
     keys.set_keys(vec![old.jwk(), new.jwk()]);
-    assert_eq!(status_with(&source, Some(&new.sign(&event_grid_claims()))).await.0, 200);
+    assert_eq!(
+        status_with(&source, Some(&new.sign(&event_grid_claims())))
+            .await
+            .0,
+        200
+    );
     assert_eq!(keys.requests(), 2);
-    assert_eq!(status_with(&source, Some(&new.sign(&event_grid_claims()))).await.0, 200);
+    assert_eq!(
+        status_with(&source, Some(&new.sign(&event_grid_claims())))
+            .await
+            .0,
+        200
+    );
     assert_eq!(keys.requests(), 2, "known now: no further fetch");
     source.close().await.unwrap();
 }
@@ -126,7 +180,12 @@ async fn made_up_key_ids_cannot_hammer_the_keys_endpoint() {
     let keys = KeysStandIn::start(vec![key.jwk()]).await;
     let config = entra_id(&keys).keys_min_refresh_interval(Duration::from_secs(3600));
     let source = webhook(config).await;
-    assert_eq!(status_with(&source, Some(&key.sign(&event_grid_claims()))).await.0, 200);
+    assert_eq!(
+        status_with(&source, Some(&key.sign(&event_grid_claims())))
+            .await
+            .0,
+        200
+    );
     for n in 0..5 {
         let token = key.sign_as(&format!("made-up-{n}"), &event_grid_claims());
         assert_eq!(status_with(&source, Some(&token)).await.0, 401);
@@ -143,7 +202,12 @@ async fn unreachable_keys_answer_503_so_event_grid_retries() {
     drop(closed);
     let key = SigningKey::generate("key-a");
     let source = webhook(EntraIdConfig::new(TENANT, AUDIENCE).keys_url(url)).await;
-    assert_eq!(status_with(&source, Some(&key.sign(&event_grid_claims()))).await.0, 503);
+    assert_eq!(
+        status_with(&source, Some(&key.sign(&event_grid_claims())))
+            .await
+            .0,
+        503
+    );
     source.close().await.unwrap();
 }
 
@@ -165,11 +229,18 @@ async fn with_both_authentications_a_request_needs_both() {
         ("?code=s3cret-Code_1", None, 401),
         ("?code=s3cret-Code_1", Some(token.as_str()), 200),
     ] {
-        let mut request = client().post(format!("http://{address}/{query}")).body(validation());
+        let mut request = client()
+            .post(format!("http://{address}/{query}"))
+            .body(validation());
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        assert_eq!(request.send().await.unwrap().status().as_u16(), expected, "{query} {}", token.is_some());
+        assert_eq!(
+            request.send().await.unwrap().status().as_u16(),
+            expected,
+            "{query} {}",
+            token.is_some()
+        );
     }
     source.close().await.unwrap();
 }

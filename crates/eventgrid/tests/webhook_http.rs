@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use keyvault_invalidator_core::{DeadLetterReason, Delivery, EventSource, Settlement, SourceErrorKind};
+use keyvault_invalidator_core::{
+    DeadLetterReason, Delivery, EventSource, Settlement, SourceErrorKind,
+};
 use keyvault_invalidator_eventgrid::webhook::{WebhookConfig, WebhookErrorKind, WebhookSource};
 use keyvault_invalidator_testkit::eventgrid_push::{
     Attempt, AttemptOutcome, DeliverySchema, EventGridPusher, PushOutcome, RetrySchedule,
@@ -76,7 +78,10 @@ async fn the_cloudevents_options_handshake_grants_the_origin() {
         .await
         .unwrap();
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.allowed_origin.as_deref(), Some("eventgrid.azure.net"));
+    assert_eq!(
+        answer.allowed_origin.as_deref(),
+        Some("eventgrid.azure.net")
+    );
     assert_eq!(answer.allowed_rate.as_deref(), Some("*"));
     assert!(answer.validated);
     source.close().await.unwrap();
@@ -114,11 +119,21 @@ async fn requests_without_an_accepted_secret_get_401_before_the_body_is_read() {
         ("?code=old-secret", 200),
         ("?code=new-secret", 200),
     ] {
-        let (status, _) = post(&format!("http://{address}/api/events{query}"), &[], body.clone()).await;
+        let (status, _) = post(
+            &format!("http://{address}/api/events{query}"),
+            &[],
+            body.clone(),
+        )
+        .await;
         assert_eq!(status, expected, "query `{query}`");
     }
     // Refused for the secret, not for the malformed body: authentication comes first.
-    let (status, answer) = post(&format!("http://{address}/api/events?code=wrong"), &[], "{not json").await;
+    let (status, answer) = post(
+        &format!("http://{address}/api/events?code=wrong"),
+        &[],
+        "{not json",
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(
         serde_json::from_str::<Value>(&answer).unwrap(),
@@ -126,7 +141,10 @@ async fn requests_without_an_accepted_secret_get_401_before_the_body_is_read() {
     );
     // The CloudEvents handshake is authenticated too.
     let response = client()
-        .request(reqwest::Method::OPTIONS, format!("http://{address}/api/events"))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{address}/api/events"),
+        )
         .header("WebHook-Request-Origin", "eventgrid.azure.net")
         .send()
         .await
@@ -155,14 +173,21 @@ async fn a_rotated_secret_is_accepted_under_another_query_parameter_name() {
 #[tokio::test]
 async fn a_body_that_is_not_json_is_400_and_delivers_nothing() {
     let source = bind(loopback_config()).await;
-    let (status, body) = post(&url(&source, SECRET), &[("aeg-event-type", "Notification")], "{not json").await;
+    let (status, body) = post(
+        &url(&source, SECRET),
+        &[("aeg-event-type", "Notification")],
+        "{not json",
+    )
+    .await;
     assert_eq!(status, 400);
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["code"], "MalformedPayload");
     let (status, _) = post(&url(&source, SECRET), &[], "[]").await;
     assert_eq!(status, 400);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), source.receive(10)).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), source.receive(10))
+            .await
+            .is_err(),
         "nothing is delivered"
     );
     source.close().await.unwrap();
@@ -212,24 +237,45 @@ async fn an_abandoned_event_is_503_and_its_retry_comes_with_delivery_count_2() {
     assert_eq!(first.properties["aeg-metadata-version"], "1");
     assert_eq!(first.properties["aeg-data-version"], "1");
     assert_eq!(first.properties["aeg-output-event-id"], "ev-1");
-    source.settle(first.token, Settlement::Abandon).await.unwrap();
+    source
+        .settle(first.token, Settlement::Abandon)
+        .await
+        .unwrap();
 
     let again = receive_exactly(&source, 1).await.remove(0);
     assert_eq!(again.delivery_count, 2);
     assert_eq!(again.properties["aeg-delivery-count"], "2");
     assert_eq!(again.message_id.as_deref(), Some("ev-1"));
-    source.settle(again.token, Settlement::Complete).await.unwrap();
+    source
+        .settle(again.token, Settlement::Complete)
+        .await
+        .unwrap();
 
     let outcome = push.await.unwrap();
     assert!(
-        matches!(outcome, PushOutcome::Delivered { status: 200, attempts: 2, .. }),
+        matches!(
+            outcome,
+            PushOutcome::Delivered {
+                status: 200,
+                attempts: 2,
+                ..
+            }
+        ),
         "{outcome:?}"
     );
     assert_eq!(
         pusher.attempts(),
         vec![
-            Attempt { event_id: "ev-1".into(), delivery_count: 1, outcome: AttemptOutcome::Status(503) },
-            Attempt { event_id: "ev-1".into(), delivery_count: 2, outcome: AttemptOutcome::Status(200) },
+            Attempt {
+                event_id: "ev-1".into(),
+                delivery_count: 1,
+                outcome: AttemptOutcome::Status(503)
+            },
+            Attempt {
+                event_id: "ev-1".into(),
+                delivery_count: 2,
+                outcome: AttemptOutcome::Status(200)
+            },
         ]
     );
     source.close().await.unwrap();
@@ -252,7 +298,10 @@ async fn a_request_not_settled_by_its_deadline_is_503_and_its_settlement_is_lost
         serde_json::from_str::<Value>(&letter.answer).unwrap()["error"]["code"],
         "DeadlineExceeded"
     );
-    let error = source.settle(delivery.token, Settlement::Complete).await.unwrap_err();
+    let error = source
+        .settle(delivery.token, Settlement::Complete)
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, SourceErrorKind::SettlementLost);
     source.close().await.unwrap();
 }
@@ -273,26 +322,48 @@ async fn a_batch_is_answered_all_or_none() {
     });
     // One delivery per event, the very bytes of each.
     let first = receive_exactly(&source, 3).await;
-    let ids: Vec<_> = first.iter().map(|d| d.message_id.clone().unwrap()).collect();
+    let ids: Vec<_> = first
+        .iter()
+        .map(|d| d.message_id.clone().unwrap())
+        .collect();
     assert_eq!(ids, vec!["b-1", "b-2", "b-3"]);
     let parsed: Value = serde_json::from_slice(&first[1].body).unwrap();
     assert_eq!(parsed["subject"], "secret-2");
     // Two applied, one to try again: the whole request comes back.
     let mut first = first.into_iter();
-    source.settle(first.next().unwrap().token, Settlement::Complete).await.unwrap();
-    source.settle(first.next().unwrap().token, Settlement::Abandon).await.unwrap();
-    source.settle(first.next().unwrap().token, Settlement::Complete).await.unwrap();
+    source
+        .settle(first.next().unwrap().token, Settlement::Complete)
+        .await
+        .unwrap();
+    source
+        .settle(first.next().unwrap().token, Settlement::Abandon)
+        .await
+        .unwrap();
+    source
+        .settle(first.next().unwrap().token, Settlement::Complete)
+        .await
+        .unwrap();
     let second = receive_exactly(&source, 3).await;
     assert!(second.iter().all(|d| d.delivery_count == 2));
     for delivery in second {
-        source.settle(delivery.token, Settlement::Complete).await.unwrap();
+        source
+            .settle(delivery.token, Settlement::Complete)
+            .await
+            .unwrap();
     }
     assert!(matches!(
         push.await.unwrap(),
-        PushOutcome::Delivered { status: 200, attempts: 2, .. }
+        PushOutcome::Delivered {
+            status: 200,
+            attempts: 2,
+            ..
+        }
     ));
     let statuses: Vec<_> = pusher.attempts().into_iter().map(|a| a.outcome).collect();
-    assert_eq!(statuses, vec![AttemptOutcome::Status(503), AttemptOutcome::Status(200)]);
+    assert_eq!(
+        statuses,
+        vec![AttemptOutcome::Status(503), AttemptOutcome::Status(200)]
+    );
     source.close().await.unwrap();
 }
 
@@ -304,12 +375,23 @@ async fn a_dead_lettered_event_makes_its_batch_400_with_the_reason() {
     let poison = r#"{"id":"poison-1","eventType":"Microsoft.KeyVault.SecretNewVersionCreated"}"#;
     let push = tokio::spawn({
         let pusher = pusher.clone();
-        async move { pusher.push_events("batch", &[good.as_bytes(), poison.as_bytes()]).await }
+        async move {
+            pusher
+                .push_events("batch", &[good.as_bytes(), poison.as_bytes()])
+                .await
+        }
     });
     let mut deliveries = receive_exactly(&source, 2).await.into_iter();
-    source.settle(deliveries.next().unwrap().token, Settlement::Complete).await.unwrap();
-    let settlement = Settlement::dead_letter(DeadLetterReason::MalformedPayload, "event 0: no data");
-    source.settle(deliveries.next().unwrap().token, settlement).await.unwrap();
+    source
+        .settle(deliveries.next().unwrap().token, Settlement::Complete)
+        .await
+        .unwrap();
+    let settlement =
+        Settlement::dead_letter(DeadLetterReason::MalformedPayload, "event 0: no data");
+    source
+        .settle(deliveries.next().unwrap().token, settlement)
+        .await
+        .unwrap();
     let PushOutcome::DeadLettered(letter) = push.await.unwrap() else {
         panic!("a 400 is not retried");
     };
@@ -339,21 +421,36 @@ async fn close_answers_waiting_requests_503() {
         panic!("one attempt only");
     };
     assert_eq!(letter.status, Some(503));
-    let error = source.settle(delivery.token, Settlement::Complete).await.unwrap_err();
+    let error = source
+        .settle(delivery.token, Settlement::Complete)
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, SourceErrorKind::SettlementLost);
-    assert_eq!(source.receive(1).await.unwrap_err().kind, SourceErrorKind::Closed);
+    assert_eq!(
+        source.receive(1).await.unwrap_err().kind,
+        SourceErrorKind::Closed
+    );
 }
 
 #[tokio::test]
 async fn plain_http_on_a_non_loopback_address_is_refused_unless_asked_for_by_name() {
     let public = "0.0.0.0:0".parse().unwrap();
     let secret = || SecretString::from(SECRET);
-    let error = WebhookSource::bind(WebhookConfig::new(public).plain_http().shared_secret(secret()))
-        .await
-        .unwrap_err();
+    let error = WebhookSource::bind(
+        WebhookConfig::new(public)
+            .plain_http()
+            .shared_secret(secret()),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.kind(), WebhookErrorKind::InvalidConfig);
     assert!(!error.is_retryable());
-    assert!(error.to_string().contains("plain_http_allowing_non_loopback"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("plain_http_allowing_non_loopback"),
+        "{error}"
+    );
     let allowed = WebhookConfig::new(public)
         .plain_http_allowing_non_loopback()
         .shared_secret(secret());
@@ -367,14 +464,23 @@ async fn a_webhook_needs_a_transport_and_an_authentication() {
     let loopback = "127.0.0.1:0".parse().unwrap();
     let no_transport = WebhookConfig::new(loopback).shared_secret(SecretString::from(SECRET));
     let no_auth = WebhookConfig::new(loopback).plain_http();
-    let empty_secret = WebhookConfig::new(loopback).plain_http().shared_secret(SecretString::from(""));
+    let empty_secret = WebhookConfig::new(loopback)
+        .plain_http()
+        .shared_secret(SecretString::from(""));
     for config in [no_transport, no_auth, empty_secret] {
         let error = WebhookSource::bind(config).await.unwrap_err();
         assert_eq!(error.kind(), WebhookErrorKind::InvalidConfig, "{error}");
     }
-    let open = WebhookConfig::new(loopback).plain_http().without_authentication();
+    let open = WebhookConfig::new(loopback)
+        .plain_http()
+        .without_authentication();
     let source = WebhookSource::bind(open).await.unwrap();
-    let (status, _) = post(&format!("http://{}/", source.local_addr()), &[], validation_body("x")).await;
+    let (status, _) = post(
+        &format!("http://{}/", source.local_addr()),
+        &[],
+        validation_body("x"),
+    )
+    .await;
     assert_eq!(status, 200);
     source.close().await.unwrap();
 }
@@ -386,5 +492,8 @@ async fn a_missing_certificate_file_is_a_tls_error_naming_it() {
         .shared_secret(SecretString::from(SECRET));
     let error = WebhookSource::bind(config).await.unwrap_err();
     assert_eq!(error.kind(), WebhookErrorKind::Tls);
-    assert!(error.to_string().contains("/nonexistent/cert.pem"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/cert.pem"),
+        "{error}"
+    );
 }

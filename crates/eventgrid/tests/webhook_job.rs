@@ -27,16 +27,31 @@ async fn a_pushed_event_is_answered_200_once_the_cache_holds_the_new_version() {
     let vault = InMemoryVault::new();
     vault.set("db-password", "first");
     let cache = CachedSecretProvider::new(vault.clone());
-    assert_eq!(cache.get("db-password").await.unwrap().version(), vault.current_version("db-password").as_deref());
+    assert_eq!(
+        cache.get("db-password").await.unwrap().version(),
+        vault.current_version("db-password").as_deref()
+    );
     let source = bind(loopback_config()).await;
     let pusher = fast(EventGridPusher::new(&url(&source, SECRET)).unwrap());
-    let invalidator = KeyVaultInvalidator::builder(cache.clone()).allow_vault("test-kv").build();
+    let invalidator = KeyVaultInvalidator::builder(cache.clone())
+        .allow_vault("test-kv")
+        .build();
     let job = Job::builder(source.clone(), invalidator).spawn().unwrap();
 
     let v2 = vault.rotate("db-password", "second");
     let event = event_grid_event("e2e-1", "db-password", &v2).to_string();
     let outcome = pusher.push_events("e2e-1", &[event.as_bytes()]).await;
-    assert!(matches!(outcome, PushOutcome::Delivered { status: 200, attempts: 1, .. }), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            PushOutcome::Delivered {
+                status: 200,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
     // Answered 200 only after the cache was refreshed: no waiting needed here.
     let cached = cache.get("db-password").await.unwrap();
     assert_eq!(cached.version(), Some(v2.as_str()));
@@ -44,7 +59,10 @@ async fn a_pushed_event_is_answered_200_once_the_cache_holds_the_new_version() {
     assert_eq!(cached.value().expose_secret(), "second");
 
     let stats = job.shutdown().await.unwrap();
-    assert_eq!((stats.received, stats.invalidated, stats.completed), (1, 1, 1));
+    assert_eq!(
+        (stats.received, stats.invalidated, stats.completed),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +81,10 @@ async fn a_poison_event_is_dead_lettered_alone_and_its_batch_answered_400() {
     let good = event_grid_event("good-1", "api-key", &v2).to_string();
     // Valid JSON, but no event: the job dead-letters it.
     let poison = br#"[{"id":"poison-1"}]"#;
-    let PushOutcome::DeadLettered(letter) = pusher.push_events("batch-1", &[good.as_bytes(), poison]).await else {
+    let PushOutcome::DeadLettered(letter) = pusher
+        .push_events("batch-1", &[good.as_bytes(), poison])
+        .await
+    else {
         panic!("a batch with a poison event is refused");
     };
     assert_eq!((letter.status, letter.attempts), (Some(400), 1));
@@ -73,9 +94,15 @@ async fn a_poison_event_is_dead_lettered_alone_and_its_batch_answered_400() {
     assert_eq!(answer["deadLettered"][0]["id"], Value::Null);
     assert_eq!(answer["deadLettered"][0]["reason"], "MalformedPayload");
     // Its neighbour was applied all the same.
-    assert_eq!(cache.get("api-key").await.unwrap().version(), Some(v2.as_str()));
+    assert_eq!(
+        cache.get("api-key").await.unwrap().version(),
+        Some(v2.as_str())
+    );
     let stats = job.shutdown().await.unwrap();
-    assert_eq!((stats.received, stats.completed, stats.dead_lettered), (2, 1, 1));
+    assert_eq!(
+        (stats.received, stats.completed, stats.dead_lettered),
+        (2, 1, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +120,16 @@ async fn https_with_a_generated_certificate_works_end_to_end() {
         .shared_secret(SecretString::from(SECRET));
     let source = bind(config).await;
     assert!(source.is_tls());
-    let url = format!("https://localhost:{}/api/events?code={SECRET}", source.local_addr().port());
-    let pusher = fast(EventGridPusher::new(&url).unwrap().trusting_certificate_pem(cert_pem.as_bytes()).unwrap());
+    let url = format!(
+        "https://localhost:{}/api/events?code={SECRET}",
+        source.local_addr().port()
+    );
+    let pusher = fast(
+        EventGridPusher::new(&url)
+            .unwrap()
+            .trusting_certificate_pem(cert_pem.as_bytes())
+            .unwrap(),
+    );
     let answer = pusher.validate_subscription("tls-code").await.unwrap();
     assert_eq!(answer.status, 200);
     assert!(answer.validated);
@@ -103,12 +138,20 @@ async fn https_with_a_generated_certificate_works_end_to_end() {
     vault.set("tls-secret", "first");
     let cache = CachedSecretProvider::new(vault.clone());
     cache.get("tls-secret").await.unwrap();
-    let job = Job::builder(source.clone(), KeyVaultInvalidator::new(cache.clone())).spawn().unwrap();
+    let job = Job::builder(source.clone(), KeyVaultInvalidator::new(cache.clone()))
+        .spawn()
+        .unwrap();
     let v2 = vault.rotate("tls-secret", "second");
     let event = event_grid_event("tls-1", "tls-secret", &v2).to_string();
     let outcome = pusher.push_events("tls-1", &[event.as_bytes()]).await;
-    assert!(matches!(outcome, PushOutcome::Delivered { status: 200, .. }), "{outcome:?}");
-    assert_eq!(cache.get("tls-secret").await.unwrap().version(), Some(v2.as_str()));
+    assert!(
+        matches!(outcome, PushOutcome::Delivered { status: 200, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        cache.get("tls-secret").await.unwrap().version(),
+        Some(v2.as_str())
+    );
     job.shutdown().await.unwrap();
     // A client that does not trust the certificate gets no answer at all.
     let untrusted = EventGridPusher::new(&url).unwrap();
@@ -141,7 +184,10 @@ fn the_shared_secret_never_appears_in_logs_or_debug_output() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     // One thread: every task logs through the subscriber set here.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (config_debug, source_debug) = runtime.block_on(async {
         let config = WebhookConfig::new("127.0.0.1:0".parse().unwrap())
             .plain_http()
@@ -152,7 +198,11 @@ fn the_shared_secret_never_appears_in_logs_or_debug_output() {
         let address = source.local_addr();
         // Refused (a near miss of the secret), accepted, and a malformed body.
         let near_miss = format!("{SECRET}x");
-        for (code, body) in [(near_miss.as_str(), "[]"), (SECRET, "{bad"), ("second-secret-value", "[]")] {
+        for (code, body) in [
+            (near_miss.as_str(), "[]"),
+            (SECRET, "{bad"),
+            ("second-secret-value", "[]"),
+        ] {
             let (status, _) = post(&format!("http://{address}/hook?code={code}"), &[], body).await;
             assert!(status == 401 || status == 400, "{status}");
         }
@@ -162,11 +212,20 @@ fn the_shared_secret_never_appears_in_logs_or_debug_output() {
     });
     drop(runtime);
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("webhook request refused: not authenticated"), "the refusal is logged:\n{logs}");
-    assert!(logs.contains("webhook request refused: malformed payload"), "{logs}");
+    assert!(
+        logs.contains("webhook request refused: not authenticated"),
+        "the refusal is logged:\n{logs}"
+    );
+    assert!(
+        logs.contains("webhook request refused: malformed payload"),
+        "{logs}"
+    );
     for text in [&logs, &config_debug, &source_debug] {
         assert!(!text.contains(SECRET), "the secret leaked:\n{text}");
-        assert!(!text.contains("second-secret-value"), "the second secret leaked:\n{text}");
+        assert!(
+            !text.contains("second-secret-value"),
+            "the second secret leaked:\n{text}"
+        );
     }
     let mut out = std::io::sink();
     let _ = writeln!(out, "{config_debug}");

@@ -370,10 +370,14 @@ impl EntraIdConfig {
 
     fn validate(&self) -> Result<(), WebhookError> {
         if self.audience.is_empty() {
-            return Err(WebhookError::invalid_config("the Entra ID audience is empty"));
+            return Err(WebhookError::invalid_config(
+                "the Entra ID audience is empty",
+            ));
         }
         if self.issuers.is_empty() {
-            return Err(WebhookError::invalid_config("no Entra ID issuer is accepted"));
+            return Err(WebhookError::invalid_config(
+                "no Entra ID issuer is accepted",
+            ));
         }
         let url = url::Url::parse(&self.keys_url).map_err(|error| {
             WebhookError::invalid_config(format!(

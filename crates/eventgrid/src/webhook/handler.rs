@@ -9,7 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use keyvault_invalidator_core::{Delivery, DeliveryToken};
@@ -89,7 +91,11 @@ impl Handler {
             Ok(Payload::Events(events)) => events,
             Err(why) => {
                 tracing::warn!(%why, "webhook request refused: malformed payload");
-                return error(StatusCode::BAD_REQUEST, "MalformedPayload", &why.to_string());
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "MalformedPayload",
+                    &why.to_string(),
+                );
             }
         };
         self.apply(&head, events).await
@@ -131,7 +137,9 @@ impl Handler {
             .headers
             .iter()
             .filter(|(name, _)| name.as_str().starts_with("aeg-"))
-            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
             .collect();
         // Event Grid counts this attempt in `aeg-delivery-count`; a missing or zero count is a
         // first delivery.

@@ -84,7 +84,8 @@ pub(crate) fn read(body: &Bytes, event_type_header: Option<&str>) -> Result<Payl
     let whole: &RawValue =
         serde_json::from_str(text).map_err(|error| PayloadError::NotJson(error.to_string()))?;
     let elements: Vec<&RawValue> = if whole.get().starts_with('[') {
-        serde_json::from_str(whole.get()).map_err(|error| PayloadError::NotJson(error.to_string()))?
+        serde_json::from_str(whole.get())
+            .map_err(|error| PayloadError::NotJson(error.to_string()))?
     } else {
         vec![whole]
     };
@@ -96,8 +97,7 @@ pub(crate) fn read(body: &Bytes, event_type_header: Option<&str>) -> Result<Payl
     }
     let probes: Vec<Probe> = elements.iter().map(|raw| Probe::read(raw)).collect();
     let first_type = probes[0].event_type();
-    if event_type_header == Some("SubscriptionValidation") || first_type == Some(VALIDATION_EVENT)
-    {
+    if event_type_header == Some("SubscriptionValidation") || first_type == Some(VALIDATION_EVENT) {
         let code = probes[0]
             .data
             .as_ref()
@@ -159,7 +159,10 @@ mod tests {
     fn a_lone_object_is_handed_over_whole() {
         assert_eq!(
             events(b" {\"id\":\"c1\",\"type\":\"t\"}\n"),
-            vec![(" {\"id\":\"c1\",\"type\":\"t\"}\n".to_owned(), Some("c1".to_owned()))]
+            vec![(
+                " {\"id\":\"c1\",\"type\":\"t\"}\n".to_owned(),
+                Some("c1".to_owned())
+            )]
         );
     }
 
@@ -195,7 +198,12 @@ mod tests {
             Err(PayloadError::EmptyArray)
         );
         assert_eq!(
-            read(&Bytes::from_static(br#"[{"eventType":"Microsoft.EventGrid.SubscriptionDeletedEvent"}]"#), None),
+            read(
+                &Bytes::from_static(
+                    br#"[{"eventType":"Microsoft.EventGrid.SubscriptionDeletedEvent"}]"#
+                ),
+                None
+            ),
             Ok(Payload::Deletion)
         );
     }

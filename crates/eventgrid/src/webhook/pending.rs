@@ -92,7 +92,9 @@ pub(crate) enum Taken {
 impl Pending {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code holding the lock can panic midway, but stay usable if one did.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a request and queues its deliveries (built by `deliveries(request_id)`, in
@@ -120,9 +122,11 @@ impl Pending {
                 answer: sender,
             },
         );
-        state
-            .queue
-            .extend(deliveries.into_iter().map(|delivery| Queued { request, delivery }));
+        state.queue.extend(
+            deliveries
+                .into_iter()
+                .map(|delivery| Queued { request, delivery }),
+        );
         drop(state);
         self.arrived.notify_waiters();
         Some((request, receiver))

@@ -64,7 +64,9 @@ pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Webho
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|error| tls("the TLS provider supports no safe protocol version".into()).with_source(error))?
+        .map_err(|error| {
+            tls("the TLS provider supports no safe protocol version".into()).with_source(error)
+        })?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
         .map_err(|error| {
@@ -120,9 +122,7 @@ pub(crate) async fn serve(
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp));
                     match handshake.await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(stream, handler, limits, shutdown).await
-                        }
+                        Ok(Ok(stream)) => serve_connection(stream, handler, limits, shutdown).await,
                         Ok(Err(error)) => tracing::debug!(%error, "webhook TLS handshake failed"),
                         Err(_) => tracing::debug!("webhook TLS handshake timed out"),
                     }
@@ -132,7 +132,10 @@ pub(crate) async fn serve(
     }
     drop(listener);
     let finished = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, finished).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, finished)
+        .await
+        .is_err()
+    {
         connections.abort_all();
     }
 }

@@ -73,8 +73,11 @@ impl WebhookSource {
         };
         let listener = server::bind(config.listen)?;
         let local_addr = listener.local_addr().map_err(|error| {
-            WebhookError::new(super::error::WebhookErrorKind::Bind, "reading the bound address")
-                .with_source(error)
+            WebhookError::new(
+                super::error::WebhookErrorKind::Bind,
+                "reading the bound address",
+            )
+            .with_source(error)
         })?;
         let id = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed);
         let pending = Arc::new(Pending::default());

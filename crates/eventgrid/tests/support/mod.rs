@@ -121,7 +121,10 @@ pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 pub const AUDIENCE: &str = "api://kvi-webhook";
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The claims of a token Event Grid would send: v2 issuer, our audience, the role, valid for

@@ -99,7 +99,9 @@ impl RetrySchedule {
 
     /// The pause after failed attempt number `attempt` (1-based) that got `status`.
     fn delay_after(&self, attempt: u32, status: Option<StatusCode>) -> Duration {
-        let index = (attempt as usize).saturating_sub(1).min(self.delays.len() - 1);
+        let index = (attempt as usize)
+            .saturating_sub(1)
+            .min(self.delays.len() - 1);
         let base = self.delays[index];
         if !self.status_minimums {
             return base;
@@ -365,7 +367,10 @@ impl EventGridPusher {
         let allowed_rate = header("webhook-allowed-rate");
         let body = response.text().await.unwrap_or_default();
         let validated = (200..=204).contains(&status)
-            && matches!(allowed_origin.as_deref(), Some(EVENT_GRID_ORIGIN) | Some("*"))
+            && matches!(
+                allowed_origin.as_deref(),
+                Some(EVENT_GRID_ORIGIN) | Some("*")
+            )
             && allowed_rate.is_some();
         Ok(HandshakeAnswer {
             status,
@@ -429,7 +434,11 @@ impl EventGridPusher {
                 Ok(response) => {
                     let status = response.status();
                     let answer = response.text().await.unwrap_or_default();
-                    (AttemptOutcome::Status(status.as_u16()), Some(status), answer)
+                    (
+                        AttemptOutcome::Status(status.as_u16()),
+                        Some(status),
+                        answer,
+                    )
                 }
                 Err(error) if error.is_timeout() => (AttemptOutcome::TimedOut, None, String::new()),
                 Err(_) => (AttemptOutcome::ConnectionFailed, None, String::new()),
@@ -485,11 +494,26 @@ mod tests {
     fn event_grids_schedule_keeps_the_per_status_minimums() {
         let schedule = RetrySchedule::event_grid();
         let status = |code| Some(StatusCode::from_u16(code).unwrap());
-        assert_eq!(schedule.delay_after(1, status(500)), Duration::from_secs(10));
-        assert_eq!(schedule.delay_after(1, status(503)), Duration::from_secs(30));
-        assert_eq!(schedule.delay_after(1, status(408)), Duration::from_secs(120));
-        assert_eq!(schedule.delay_after(4, status(503)), Duration::from_secs(300));
-        assert_eq!(schedule.delay_after(29, None), Duration::from_secs(720 * 60));
+        assert_eq!(
+            schedule.delay_after(1, status(500)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            schedule.delay_after(1, status(503)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            schedule.delay_after(1, status(408)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            schedule.delay_after(4, status(503)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            schedule.delay_after(29, None),
+            Duration::from_secs(720 * 60)
+        );
         let fast = RetrySchedule::fast(Duration::from_millis(5), 3);
         assert_eq!(fast.delay_after(1, status(408)), Duration::from_millis(5));
     }

@@ -77,9 +77,7 @@ impl Authenticator {
                 .headers
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|value| value.to_str().ok());
-            let token = header
-                .and_then(bearer_token)
-                .ok_or(Refusal::TokenMissing)?;
+            let token = header.and_then(bearer_token).ok_or(Refusal::TokenMissing)?;
             entra_id.check(token).await?;
         }
         Ok(())

@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn missing_and_wrong_secrets_are_told_apart() {
         assert_eq!(secrets().check(None), Err(Refusal::SecretMissing));
-        assert_eq!(secrets().check(Some("key=old")), Err(Refusal::SecretMissing));
+        assert_eq!(
+            secrets().check(Some("key=old")),
+            Err(Refusal::SecretMissing)
+        );
         assert_eq!(secrets().check(Some("code=ol")), Err(Refusal::SecretWrong));
         assert_eq!(secrets().check(Some("code=")), Err(Refusal::SecretWrong));
     }
