@@ -174,7 +174,7 @@ impl std::io::Write for Captured {
 }
 
 #[test]
-fn the_shared_secret_never_appears_in_logs_or_debug_output() {
+fn the_shared_secret_never_appears_in_logs_or_debug_output_and_requests_are_counted() {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -183,6 +183,9 @@ fn the_shared_secret_never_appears_in_logs_or_debug_output() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _metrics = metrics::set_default_local_recorder(&recorder);
     // One thread: every task logs through the subscriber set here.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -211,6 +214,40 @@ fn the_shared_secret_never_appears_in_logs_or_debug_output() {
         (config_debug, source_debug)
     });
     drop(runtime);
+    let mut counted: Vec<(String, String, String)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            (
+                key.key().name().to_owned(),
+                labels.join(","),
+                format!("{value:?}"),
+            )
+        })
+        .collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        vec![
+            (
+                "keyvault_invalidator_webhook_requests_total".to_owned(),
+                "status=400".to_owned(),
+                "Counter(2)".to_owned()
+            ),
+            (
+                "keyvault_invalidator_webhook_requests_total".to_owned(),
+                "status=401".to_owned(),
+                "Counter(1)".to_owned()
+            ),
+        ],
+        "requests counted by status"
+    );
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("webhook request refused: not authenticated"),

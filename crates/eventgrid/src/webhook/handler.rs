@@ -22,6 +22,11 @@ use super::config::Limits;
 use super::payload::{self, Payload};
 use super::pending::{Answer, Pending, TokenHandle};
 
+/// Requests answered, labelled by `status` (the HTTP status code).
+pub(crate) const REQUESTS_METRIC: &str = "keyvault_invalidator_webhook_requests_total";
+/// Events handed to the job, one per delivery.
+pub(crate) const EVENTS_METRIC: &str = "keyvault_invalidator_webhook_events_received_total";
+
 /// What the methods a webhook answers are.
 const ALLOWED_METHODS: &str = "POST, OPTIONS";
 
@@ -45,8 +50,10 @@ impl Handler {
         let (head, body) = request.into_parts();
         let path = head.uri.path().to_owned();
         let answer = self.answer(head, body).await;
+        let status = answer.status().as_u16();
         // The path only: the query string holds the shared secret.
-        tracing::debug!(%path, status = answer.status().as_u16(), "webhook request answered");
+        tracing::debug!(%path, status, "webhook request answered");
+        metrics::counter!(REQUESTS_METRIC, "status" => status.to_string()).increment(1);
         Ok(answer)
     }
 
@@ -157,6 +164,7 @@ impl Handler {
             .map(|event| event.id.clone().or_else(|| lone_id.clone()))
             .collect();
         let count = events.len();
+        metrics::counter!(EVENTS_METRIC).increment(count as u64);
         let source = self.source;
         let admitted = self.pending.admit(ids.clone(), |request| {
             events

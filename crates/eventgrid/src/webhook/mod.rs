@@ -30,6 +30,9 @@
 //!   behind a TLS-terminating proxy: on loopback with [`WebhookConfig::plain_http`], elsewhere
 //!   only with [`WebhookConfig::plain_http_allowing_non_loopback`]. Limits on the body size,
 //!   the number of headers, connections, and the time to read headers and body.
+//! - **Metrics** (through the `metrics` facade): `keyvault_invalidator_webhook_requests_total`
+//!   labelled `status`, and `keyvault_invalidator_webhook_events_received_total`; the job counts
+//!   what became of each delivery.
 //! - **Close** stops listening and answers every waiting request 503; Event Grid delivers them
 //!   again, to whichever endpoint listens then.
 //!
