@@ -267,3 +267,59 @@ fn the_shared_secret_never_appears_in_logs_or_debug_output_and_requests_are_coun
     let mut out = std::io::sink();
     let _ = writeln!(out, "{config_debug}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_vault_makes_the_request_503_and_event_grids_retry_applies_it() {
+    use keyvault_invalidator_core::ProviderErrorKind;
+    use keyvault_invalidator_testkit::eventgrid_push::{Attempt, AttemptOutcome};
+
+    let vault = InMemoryVault::new();
+    vault.set("db-password", "first");
+    let cache = CachedSecretProvider::new(vault.clone());
+    cache.get("db-password").await.unwrap();
+    let source = bind(loopback_config()).await;
+    let pusher = fast(EventGridPusher::new(&url(&source, SECRET)).unwrap());
+    let job = Job::builder(source.clone(), KeyVaultInvalidator::new(cache.clone()))
+        .spawn()
+        .unwrap();
+
+    let v2 = vault.rotate("db-password", "second");
+    vault.fail_next(1, ProviderErrorKind::Transient);
+    let event = event_grid_event("retry-1", "db-password", &v2).to_string();
+    let outcome = pusher.push_events("retry-1", &[event.as_bytes()]).await;
+    assert!(
+        matches!(
+            outcome,
+            PushOutcome::Delivered {
+                status: 200,
+                attempts: 2,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        pusher.attempts(),
+        vec![
+            Attempt {
+                event_id: "retry-1".into(),
+                delivery_count: 1,
+                outcome: AttemptOutcome::Status(503)
+            },
+            Attempt {
+                event_id: "retry-1".into(),
+                delivery_count: 2,
+                outcome: AttemptOutcome::Status(200)
+            },
+        ]
+    );
+    assert_eq!(
+        cache.get("db-password").await.unwrap().version(),
+        Some(v2.as_str())
+    );
+    let stats = job.shutdown().await.unwrap();
+    assert_eq!(
+        (stats.received, stats.abandoned, stats.completed),
+        (2, 1, 1)
+    );
+}
