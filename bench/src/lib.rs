@@ -15,3 +15,4 @@ pub mod memory;
 pub mod pipeline;
 pub mod report;
 pub mod simulation;
+pub mod webhook;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! kvi-bench [--quick] [--only SECTION] [--out DIR] [--criterion DIR] [--write FILE]
-//!   SECTION: engine, rabbitmq, servicebus, pull, simulation, memory, or several: a,b
+//!   SECTION: engine, rabbitmq, servicebus, pull, webhook, simulation, memory, or several: a,b
 //! kvi-bench report [--out DIR] [--criterion DIR] [--write FILE]   # the report only
 //! kvi-bench memory-probe SECRETS                                  # used by the run itself
 //! ```
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use keyvault_invalidator_bench::end_to_end::{self, Sizes};
 use keyvault_invalidator_bench::report::{self, CriterionResults, Measurements};
-use keyvault_invalidator_bench::{eventgrid_pull, memory, simulation};
+use keyvault_invalidator_bench::{eventgrid_pull, memory, simulation, webhook};
 
 const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -178,6 +178,17 @@ async fn measure(args: &Args) -> Result<(), String> {
             Err(why) => measurements
                 .skipped
                 .push((eventgrid_pull::TRANSPORT.to_owned(), why)),
+        }
+    }
+
+    if args.wants("webhook") {
+        // The Service Bus emulator's sizes: the two are compared in the report.
+        eprintln!("5c. Event Grid webhook: {servicebus:?}");
+        match webhook::webhook_push(servicebus).await {
+            Ok(result) => measurements.transports.push(result),
+            Err(why) => measurements
+                .skipped
+                .push((webhook::TRANSPORT.to_owned(), why)),
         }
     }
 
