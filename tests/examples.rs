@@ -194,3 +194,100 @@ fn the_servicebus_example_runs_the_whole_flow_on_the_emulator() {
         "no connection string is printed: {stdout}"
     );
 }
+
+/// The webhook example answers as its docs say: 401 without the secret, 400 for a malformed
+/// body, both handshakes, and 200 for the Key Vault CloudEvent it prints (applied to the cache
+/// before the answer).
+#[cfg(feature = "eventgrid")]
+#[test]
+fn the_webhook_example_answers_the_requests_it_prints() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpStream;
+
+    fn request(address: &str, method: &str, path: &str, headers: &str, body: &str) -> String {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    let secret = "example-secret";
+    let mut child = Command::new(example("webhook"))
+        .args(["--listen", "127.0.0.1:0", "--shared-secret", secret])
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let address = first
+        .strip_prefix("webhook listening on http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+    let curls: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    assert!(
+        curls.iter().all(|line| line.starts_with("curl -i ")),
+        "{curls:?}"
+    );
+    let event = curls[2]
+        .split_once("-d '")
+        .map(|(_, rest)| rest.trim_end_matches('\''))
+        .unwrap()
+        .to_owned();
+    let validation = r#"[{"id":"1","eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","data":{"validationCode":"512d38b6"}}]"#;
+    let with_code = format!("/api/events?code={secret}");
+
+    let unauthenticated = request(&address, "POST", "/api/events", "", validation);
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401"),
+        "{unauthenticated}"
+    );
+    let malformed = request(&address, "POST", &with_code, "", "{not json");
+    assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+    let validated = request(
+        &address,
+        "POST",
+        &with_code,
+        "aeg-event-type: SubscriptionValidation\r\n",
+        validation,
+    );
+    assert!(validated.starts_with("HTTP/1.1 200"), "{validated}");
+    assert!(
+        validated.ends_with(r#"{"validationResponse":"512d38b6"}"#),
+        "{validated}"
+    );
+    let options = request(
+        &address,
+        "OPTIONS",
+        &with_code,
+        "WebHook-Request-Origin: eventgrid.azure.net\r\n",
+        "",
+    );
+    assert!(options.starts_with("HTTP/1.1 200"), "{options}");
+    assert!(
+        options
+            .to_ascii_lowercase()
+            .contains("webhook-allowed-origin: eventgrid.azure.net"),
+        "{options}"
+    );
+    let applied = request(
+        &address,
+        "POST",
+        &with_code,
+        "aeg-event-type: Notification\r\ncontent-type: application/cloudevents+json\r\n",
+        &event,
+    );
+    assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

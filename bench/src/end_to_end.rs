@@ -65,7 +65,7 @@ where
 
 /// Offers `sizes.rate` events per second for `sizes.seconds` through a fresh job, and records
 /// each event's latency. `publish(i, body)` hands event `i` to the transport.
-async fn latency_run<S>(
+pub(crate) async fn latency_run<S>(
     source: S,
     sizes: Sizes,
     publish: impl FnMut(usize, Vec<u8>) + Send + 'static,
@@ -97,7 +97,7 @@ where
 
 /// Publishes `count` events as fast as `publish` takes them while a fresh job consumes them;
 /// events per second from the first publish to the last cache change.
-async fn throughput_run<S>(
+pub(crate) async fn throughput_run<S>(
     source: S,
     count: usize,
     publish: impl FnMut(usize, Vec<u8>) + Send + 'static,

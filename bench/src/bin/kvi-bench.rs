@@ -2,7 +2,8 @@
 //! writes the report. `bench/run` calls it after the criterion benchmarks.
 //!
 //! ```text
-//! kvi-bench [--quick] [--out DIR] [--criterion DIR] [--write FILE]
+//! kvi-bench [--quick] [--only SECTION] [--out DIR] [--criterion DIR] [--write FILE]
+//!   SECTION: engine, rabbitmq, servicebus, pull, webhook, simulation, memory, or several: a,b
 //! kvi-bench report [--out DIR] [--criterion DIR] [--write FILE]   # the report only
 //! kvi-bench memory-probe SECRETS                                  # used by the run itself
 //! ```
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use keyvault_invalidator_bench::end_to_end::{self, Sizes};
 use keyvault_invalidator_bench::report::{self, CriterionResults, Measurements};
-use keyvault_invalidator_bench::{memory, simulation};
+use keyvault_invalidator_bench::{eventgrid_pull, memory, simulation, webhook};
 
 const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -28,7 +29,10 @@ struct Args {
 
 impl Args {
     fn wants(&self, section: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| only == section)
+        // `--only servicebus,pull`: several sections, run in one process and one report.
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|wanted| wanted == section))
     }
 }
 
@@ -163,6 +167,28 @@ async fn measure(args: &Args) -> Result<(), String> {
             Err(why) => measurements
                 .skipped
                 .push(("Service Bus emulator".to_owned(), why)),
+        }
+    }
+
+    if args.wants("pull") {
+        // The Service Bus emulator's sizes: the figure to compare with.
+        eprintln!("5b. Event Grid namespace pull: {servicebus:?}");
+        match eventgrid_pull::eventgrid_pull(servicebus).await {
+            Ok(result) => measurements.transports.push(result),
+            Err(why) => measurements
+                .skipped
+                .push((eventgrid_pull::TRANSPORT.to_owned(), why)),
+        }
+    }
+
+    if args.wants("webhook") {
+        // The Service Bus emulator's sizes: the two are compared in the report.
+        eprintln!("5c. Event Grid webhook: {servicebus:?}");
+        match webhook::webhook_push(servicebus).await {
+            Ok(result) => measurements.transports.push(result),
+            Err(why) => measurements
+                .skipped
+                .push((webhook::TRANSPORT.to_owned(), why)),
         }
     }
 

@@ -212,6 +212,8 @@ pub(super) fn transport_rows(measurements: &Measurements, rows: &mut Vec<Row>) {
         "in-process, invalidate mode" => "3. Engine in process, invalidate mode",
         "RabbitMQ" => "4. Through RabbitMQ",
         "Service Bus emulator, prefetch 64" => "5. Through the Service Bus emulator, prefetch 64",
+        "Event Grid namespace pull" => "5b. Through Event Grid namespace pull (stand-in)",
+        "Event Grid webhook" => "5c. Through the Event Grid webhook (HTTP push)",
         _ => "5. Through the Service Bus emulator",
     };
     for result in &measurements.transports {

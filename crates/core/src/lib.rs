@@ -40,6 +40,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
+mod endpoint;
 pub mod event;
 mod invalidator;
 pub mod job;
@@ -50,6 +51,7 @@ mod provider;
 mod source;
 
 pub use cache::{CacheError, NewVersion, SecretCache};
+pub use endpoint::is_loopback_host;
 pub use event::{parse_events, Event, EventKind, KeyVaultEvent, KeyVaultEventType, ParseError};
 pub use invalidator::{IgnoreReason, InvalidationError, Invalidator, Outcome};
 pub use job::{

@@ -24,6 +24,8 @@ pub mod events;
 #[cfg(feature = "keyvault-standin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "keyvault-standin")))]
 pub mod keyvault_standin;
+#[cfg(feature = "keyvault-standin")]
+mod loopback;
 pub mod mocks;
 mod source;
 mod vault;

@@ -56,15 +56,13 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use azure_core::http::{ClientOptions, HttpClient, RetryOptions, Transport};
+use azure_core::http::{ClientOptions, HttpClient};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::TlsAcceptor;
 
+use crate::loopback::{client_options, serve, LoopbackTls};
 pub use credential::FakeTokenCredential;
-use server::{other, serve, unix_now, ServerContext, StoredSecret, StoredVersion, VaultState};
+use server::{handle, unix_now, ServerContext, StoredSecret, StoredVersion, VaultState};
 
 /// The vault name used by [`KeyVaultStandIn::start`].
 pub const DEFAULT_VAULT_NAME: &str = "standin-kv";
@@ -184,30 +182,7 @@ impl KeyVaultStandIn {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let address = listener.local_addr()?;
         let endpoint = format!("https://{host}:{}/", address.port());
-
-        let certified = rcgen::generate_simple_self_signed(vec![host.clone()]).map_err(other)?;
-        let certificate: CertificateDer<'static> = certified.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
-        // Named explicitly: with more than one rustls provider compiled in, rustls cannot pick.
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(other)?
-            .with_no_client_auth()
-            .with_single_cert(vec![certificate.clone()], key)
-            .map_err(other)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_der(&certificate).map_err(other)?])
-            .resolve(&host, address)
-            .no_proxy()
-            .http1_only()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(other)?;
+        let tls = LoopbackTls::new(&host, address)?;
 
         let token = format!("standin-token-{}", address.port());
         let shared = Arc::new(ServerContext {
@@ -215,15 +190,15 @@ impl KeyVaultStandIn {
             token: token.clone(),
             base_url: endpoint.trim_end_matches('/').to_owned(),
         });
-        let server = tokio::spawn(serve(
-            listener,
-            TlsAcceptor::from(Arc::new(config)),
-            shared.clone(),
-        ));
+        let context = shared.clone();
+        let server = tokio::spawn(serve(listener, tls.acceptor, move |request| {
+            let context = context.clone();
+            async move { handle(&context, request).await }
+        }));
         Ok(KeyVaultStandIn {
             shared,
             endpoint,
-            transport: Arc::new(client),
+            transport: Arc::new(tls.client),
             credential: Arc::new(FakeTokenCredential::new(token)),
             server,
         })
@@ -245,11 +220,7 @@ impl KeyVaultStandIn {
     /// Client options with [`transport`](Self::transport) and the SDK's retries turned off, so
     /// one read is one request (plus the challenge on a fresh client).
     pub fn client_options(&self) -> ClientOptions {
-        ClientOptions {
-            transport: Some(Transport::new(self.transport())),
-            retry: RetryOptions::none(),
-            ..Default::default()
-        }
+        client_options(self.transport())
     }
 
     /// A credential whose token the stand-in accepts. Shared: its call count covers every

@@ -1,5 +1,5 @@
 //! The stand-in's server side: what the vault holds (secrets, versions, scripted faults, the
-//! request log) and how a request is answered (the TLS accept loop, the routing of
+//! request log) and how a request is answered (the routing of
 //! `/secrets/{name}[/{version}]`, the authentication challenge and Key Vault's response and
 //! error shapes).
 //!
@@ -7,21 +7,17 @@
 //! needs the handle's methods, while only someone changing what the stand-in answers needs this.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
+use serde_json::json;
+
+use crate::loopback::{json_response, Answer, Dropped};
 
 use super::{Fault, RecordedRequest, StandInAttributes, CHALLENGE_TENANT};
 
@@ -65,65 +61,13 @@ impl ServerContext {
     }
 }
 
-pub(super) async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shared: Arc<ServerContext>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::debug!(%error, "stand-in accept failed");
-                // Errors such as running out of file descriptors persist: do not spin on them.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        // Reap finished connections so the set does not grow with every request.
-        while connections.try_join_next().is_some() {}
-        let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        connections.spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { handle(&shared, request).await }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
-}
-
-/// Why the stand-in dropped a connection instead of answering ([`Fault::Disconnect`]).
-#[derive(Debug)]
-struct Dropped;
-
-impl fmt::Display for Dropped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection dropped by a scripted fault")
-    }
-}
-
-impl std::error::Error for Dropped {}
-
-async fn handle(
-    shared: &ServerContext,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
+pub(super) async fn handle(shared: &ServerContext, request: Request<Incoming>) -> Answer {
     let (answer, delay) = decide(shared, &request);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
     answer
 }
-
-type Answer = Result<Response<Full<Bytes>>, Dropped>;
 
 /// Records the request and decides the answer now, so a rotation during a delayed answer does
 /// not change it (as with a real vault).
@@ -298,23 +242,9 @@ fn error_response(
     json_response(status, &json!({ "error": error }))
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
-}
-
 pub(super) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-pub(super) fn other(error: impl std::fmt::Display) -> io::Error {
-    io::Error::other(error.to_string())
 }
