@@ -2,19 +2,21 @@
 //! core `Job` over that transport's source.
 //!
 //! Adding a transport is one arm in [`spawn`] (build its config, call [`spawn_job`]) and its
-//! `connected` gauge; the Event Grid transports are refused until their crate lands.
+//! `connected` gauge; the Event Grid webhook is refused until it is wired so.
 
 use std::sync::Arc;
 
 use keyvault_invalidator_core::{
     CancellationToken, EventSource, Job, JobHandle, KeyVaultInvalidator, SecretProvider,
 };
+use keyvault_invalidator_eventgrid::pull::{PullConfig, PullSource};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
 use keyvault_invalidator_secrets::azure_core::credentials::TokenCredential;
 use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 
 use crate::config::{
-    RabbitMqSettings, ServiceBusRegistration, ServiceBusSettings, Settings, TransportSettings,
+    EventGridPullSettings, RabbitMqSettings, ServiceBusRegistration, ServiceBusSettings, Settings,
+    TransportSettings,
 };
 use crate::error::{AgentError, AgentErrorKind};
 use crate::runtime::AgentCache;
@@ -64,6 +66,13 @@ pub fn spawn(
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
                 connected_gauge: Some("keyvault_invalidator_rabbitmq_connected"),
+            })
+        }
+        TransportSettings::EventGridPull(pull) => {
+            let source = PullSource::new(pull_config(pull, vault)?);
+            Ok(Events {
+                job: Some(spawn_job(source, settings, cache, shutdown)?),
+                connected_gauge: Some("keyvault_invalidator_eventgrid_pull_connected"),
             })
         }
         other => Err(AgentError::new(
@@ -156,4 +165,21 @@ fn rabbitmq_config(settings: &RabbitMqSettings) -> Result<RabbitMqConfig, AgentE
         ),
     }
     .map_err(config_error)
+}
+
+fn pull_config(
+    settings: &EventGridPullSettings,
+    vault: &VaultAccess,
+) -> Result<PullConfig, AgentError> {
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let builder = PullConfig::builder(
+        text(&settings.endpoint),
+        text(&settings.topic),
+        text(&settings.subscription),
+    );
+    let builder = match &settings.access_key {
+        Some(key) => builder.access_key(key.expose()),
+        None => builder.credential((vault.credential)()?),
+    };
+    builder.build().map_err(config_error)
 }

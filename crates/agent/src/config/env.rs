@@ -112,6 +112,26 @@ pub const ENV_OVERRIDES: &[(&str, &str, ValueType)] = &[
         ValueType::Text,
     ),
     ("KVI_AGENT_RABBITMQ_URI", "transport.uri", ValueType::Text),
+    (
+        "KVI_AGENT_EVENTGRID_ENDPOINT",
+        "transport.endpoint",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_EVENTGRID_TOPIC",
+        "transport.topic",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_EVENTGRID_SUBSCRIPTION",
+        "transport.subscription",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_EVENTGRID_ACCESS_KEY",
+        "transport.access_key",
+        ValueType::Text,
+    ),
 ];
 
 /// Applies every variable `env` returns a value for; returns the names of those applied.

@@ -192,16 +192,29 @@ fn a_non_loopback_listen_address_needs_to_be_asked_for_by_name() {
 }
 
 #[test]
-fn the_event_grid_transports_are_refused_for_now() {
-    for kind in ["eventgrid-webhook", "eventgrid-pull"] {
-        let text = format!("[transport]\nkind = \"{kind}\"\npath = \"/events\"\n");
-        let error = Settings::from_toml_str(&text, "x.toml", no_env).unwrap_err();
-        assert_eq!(error.kind(), AgentErrorKind::Unsupported);
-        assert_eq!(
-            error.to_string(),
-            format!("transport.kind = \"{kind}\" is not available in this build yet; use \"servicebus\", \"rabbitmq\" or \"none\"")
-        );
-    }
+fn the_event_grid_webhook_is_refused_for_now() {
+    let text = "[transport]\nkind = \"eventgrid-webhook\"\npath = \"/events\"\n";
+    let error = Settings::from_toml_str(text, "x.toml", no_env).unwrap_err();
+    assert_eq!(error.kind(), AgentErrorKind::Unsupported);
+    assert_eq!(
+        error.to_string(),
+        "transport.kind = \"eventgrid-webhook\" is not available in this build yet; use \"servicebus\", \"rabbitmq\", \"eventgrid-pull\" or \"none\""
+    );
+}
+
+#[test]
+fn event_grid_pull_needs_its_subscription() {
+    let text = "[transport]\nkind = \"eventgrid-pull\"\nendpoint = \"https://ns.westeurope-1.eventgrid.azure.net\"\ntopic = \"keyvault\"\nsubscription = \"agent\"\naccess_key = \"c2VjcmV0LWtleQ==\"\n";
+    let settings = Settings::from_toml_str(text, "x.toml", no_env).unwrap();
+    assert_eq!(settings.transport.kind(), "eventgrid-pull");
+    assert!(!settings.to_masked_toml().contains("c2VjcmV0LWtleQ"));
+    let error = Settings::from_toml_str(
+        "[transport]\nkind = \"eventgrid-pull\"\nendpoint = \"https://ns.westeurope-1.eventgrid.azure.net\"\ntopic = \"keyvault\"\n",
+        "x.toml",
+        no_env,
+    )
+    .unwrap_err();
+    assert_eq!(error.to_string(), "transport.subscription is required");
 }
 
 #[test]
