@@ -38,7 +38,15 @@ async fn a_transport_that_cannot_connect_is_not_ready() {
         serde_json::json!({"status": "not_ready", "reason": "the transport is not connected"})
     );
     // Alive, and serving from the vault meanwhile.
-    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let read = client
         .get(format!("{base}/v1/secrets/db-password"))
         .header("X-KVI-Token", common::TOKEN)
