@@ -419,9 +419,12 @@ fn deep_nesting_inside_a_json_string_is_refused() {
 #[test]
 fn deep_nesting_is_refused_with_a_tiny_stack() {
     // The JSON reader's depth limit, not the size of the test thread's stack, keeps the parser
-    // safe: run it on a 256 KiB stack.
+    // safe: run it on a 1 MiB stack (half a Tokio worker's), where 200,000 unchecked levels
+    // would need tens of megabytes. Not smaller: an unoptimised build's frames grow with the
+    // features the whole workspace's build unifies, and once the Event Grid and agent crates
+    // joined it, 256 KiB no longer held the 128 levels the limit allows.
     let handle = std::thread::Builder::new()
-        .stack_size(256 * 1024)
+        .stack_size(1024 * 1024)
         .spawn(|| {
             let depth = 200_000;
             let mut body = vec![b'['; depth];
