@@ -45,6 +45,7 @@ pub type AgentCache = CachedSecretProvider<Arc<dyn SecretProvider>>;
 #[derive(Debug)]
 pub struct Agent {
     address: SocketAddr,
+    webhook_addr: Option<SocketAddr>,
     cache: AgentCache,
     job: Option<JobHandle>,
     shutdown: CancellationToken,
@@ -80,7 +81,7 @@ impl Agent {
             provider,
             credential: Box::new(move || credential_for(&vault_settings)),
         };
-        let events = transport::spawn(&settings, &cache, &access, &shutdown)?;
+        let events = transport::spawn(&settings, &cache, &access, &shutdown).await?;
         Self::serve(settings, token, cache, events, shutdown).await
     }
 
@@ -98,7 +99,7 @@ impl Agent {
         let job = transport::spawn_job(source, &settings, &cache, &shutdown)?;
         let events = Events {
             job: Some(job),
-            connected_gauge: None,
+            ..Events::default()
         };
         Self::serve(settings, token, cache, events, shutdown).await
     }
@@ -145,6 +146,7 @@ impl Agent {
         tracing::info!(%address, transport = settings.transport.kind(), "kvi-agent listening");
         Ok(Agent {
             address,
+            webhook_addr: events.webhook_addr,
             cache,
             job: events.job,
             shutdown,
@@ -155,6 +157,12 @@ impl Agent {
     /// The address the server listens on (the OS's choice for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The Event Grid webhook's address (the OS's choice for port 0), with
+    /// `transport.kind = "eventgrid-webhook"`.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_addr
     }
 
     /// The cache the server reads from.

@@ -2,20 +2,22 @@
 //! core `Job` over that transport's source.
 //!
 //! Adding a transport is one arm in [`spawn`] (build its config, call [`spawn_job`]) and its
-//! `connected` gauge; the Event Grid webhook is refused until it is wired so.
+//! `connected` gauge.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use keyvault_invalidator_core::{
     CancellationToken, EventSource, Job, JobHandle, KeyVaultInvalidator, SecretProvider,
 };
 use keyvault_invalidator_eventgrid::pull::{PullConfig, PullSource};
+use keyvault_invalidator_eventgrid::webhook::{EntraIdConfig, WebhookConfig, WebhookSource};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
 use keyvault_invalidator_secrets::azure_core::credentials::TokenCredential;
 use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 
 use crate::config::{
-    EventGridPullSettings, RabbitMqSettings, ServiceBusRegistration, ServiceBusSettings, Settings,
+    EventGridPullSettings, EventGridWebhookSettings, RabbitMqSettings, ServiceBusRegistration, ServiceBusSettings, Settings,
     TransportSettings,
 };
 use crate::error::{AgentError, AgentErrorKind};
@@ -34,6 +36,8 @@ pub struct Events {
     pub job: Option<JobHandle>,
     /// The transport's `..._connected` gauge, for `/readyz`.
     pub connected_gauge: Option<&'static str>,
+    /// The Event Grid webhook's bound address, with `transport.kind = "eventgrid-webhook"`.
+    pub webhook_addr: Option<SocketAddr>,
 }
 
 /// What a transport may need from the vault side: the credential (Service Bus with a managed
@@ -45,8 +49,9 @@ pub struct VaultAccess {
     pub credential: Box<dyn Fn() -> Result<Arc<dyn TokenCredential>, AgentError> + Send + Sync>,
 }
 
-/// Starts the transport `settings.transport` names.
-pub fn spawn(
+/// Starts the transport `settings.transport` names (binding the webhook's listener, for the
+/// Event Grid webhook).
+pub async fn spawn(
     settings: &Settings,
     cache: &AgentCache,
     vault: &VaultAccess,
@@ -59,6 +64,7 @@ pub fn spawn(
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
                 connected_gauge: Some("keyvault_invalidator_servicebus_connected"),
+                webhook_addr: None,
             })
         }
         TransportSettings::RabbitMq(rabbit) => {
@@ -66,6 +72,7 @@ pub fn spawn(
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
                 connected_gauge: Some("keyvault_invalidator_rabbitmq_connected"),
+                webhook_addr: None,
             })
         }
         TransportSettings::EventGridPull(pull) => {
@@ -73,15 +80,28 @@ pub fn spawn(
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
                 connected_gauge: Some("keyvault_invalidator_eventgrid_pull_connected"),
+                webhook_addr: None,
             })
         }
-        other => Err(AgentError::new(
-            AgentErrorKind::Unsupported,
-            format!(
-                "transport.kind = \"{}\" is not available in this build yet",
-                other.kind()
-            ),
-        )),
+        TransportSettings::EventGridWebhook(webhook) => {
+            let source = WebhookSource::bind(webhook_config(webhook)?)
+                .await
+                .map_err(|e| {
+                    AgentError::new(
+                        AgentErrorKind::Bind,
+                        format!("transport: the Event Grid webhook: {e}"),
+                    )
+                    .with_source(e)
+                })?;
+            let webhook_addr = Some(source.local_addr());
+            Ok(Events {
+                job: Some(spawn_job(source, settings, cache, shutdown)?),
+                // Connected once bound, which it is before the API answers: `/readyz` then
+                // follows the job alone.
+                connected_gauge: None,
+                webhook_addr,
+            })
+        }
     }
 }
 
@@ -182,4 +202,36 @@ fn pull_config(
         None => builder.credential((vault.credential)()?),
     };
     builder.build().map_err(config_error)
+}
+
+fn webhook_config(settings: &EventGridWebhookSettings) -> Result<WebhookConfig, AgentError> {
+    // `check` made `listen` required; the default only keeps this free of a panic path.
+    let listen = settings
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut config = WebhookConfig::new(listen);
+    config = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => config.tls(cert, key),
+        _ if settings.plain_http_allowing_non_loopback => {
+            config.plain_http_allowing_non_loopback()
+        }
+        _ => config.plain_http(),
+    };
+    if let Some(secret) = &settings.shared_secret {
+        config = config.shared_secret(secret.resolve("transport.shared_secret")?);
+    }
+    if let Some(secret) = &settings.second_shared_secret {
+        config =
+            config.also_accept_shared_secret(secret.resolve("transport.second_shared_secret")?);
+    }
+    if let Some(name) = &settings.query_parameter {
+        config = config.query_parameter(name.trim());
+    }
+    if let (Some(tenant), Some(audience)) = (&settings.entra_tenant, &settings.entra_audience) {
+        config = config.entra_id(EntraIdConfig::new(tenant.trim(), audience.trim()));
+    }
+    if settings.without_authentication {
+        config = config.without_authentication();
+    }
+    Ok(config)
 }

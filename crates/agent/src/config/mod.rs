@@ -36,7 +36,7 @@ use crate::error::AgentError;
 pub use env::{ENV_OVERRIDES, TOKEN_ENV};
 pub use masked::Masked;
 pub use sections::{
-    CacheMode, CacheSettings, Credential, EventGridPullSettings, NameSettings, RabbitMqSettings,
+    CacheMode, CacheSettings, Credential, EventGridPullSettings, EventGridWebhookSettings, NameSettings, RabbitMqSettings,
     ServerSettings, ServiceBusRegistration, ServiceBusSettings, TransportSettings, VaultSettings,
     DEFAULT_LISTEN,
 };
