@@ -9,6 +9,7 @@ use keyvault_invalidator_core::{
 };
 use keyvault_invalidator_moka::{CachedSecretProvider, RefreshMode};
 use keyvault_invalidator_secrets::azure_core::credentials::TokenCredential;
+use keyvault_invalidator_secrets::azure_core::http::ClientOptions;
 use keyvault_invalidator_secrets::{credential, KeyVaultProvider};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -73,6 +74,19 @@ impl Agent {
         token: ApiToken,
         provider: Arc<dyn SecretProvider>,
     ) -> Result<Agent, AgentError> {
+        Self::start_with_provider_and_client_options(settings, token, provider, None).await
+    }
+
+    /// [`start_with_provider`](Self::start_with_provider), with the Azure SDK client options
+    /// (its HTTP transport, trusted certificates, retries) the Event Grid pull transport uses:
+    /// a test's stand-in reached through its own HTTP client, a proxy. `None` keeps the SDK's
+    /// defaults.
+    pub async fn start_with_provider_and_client_options(
+        settings: Settings,
+        token: ApiToken,
+        provider: Arc<dyn SecretProvider>,
+        client_options: Option<ClientOptions>,
+    ) -> Result<Agent, AgentError> {
         settings.check()?;
         let shutdown = CancellationToken::new();
         let cache = build_cache(&settings, provider.clone());
@@ -80,6 +94,7 @@ impl Agent {
         let access = VaultAccess {
             provider,
             credential: Box::new(move || credential_for(&vault_settings)),
+            client_options,
         };
         let events = transport::spawn(&settings, &cache, &access, &shutdown).await?;
         Self::serve(settings, token, cache, events, shutdown).await

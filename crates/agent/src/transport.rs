@@ -14,6 +14,7 @@ use keyvault_invalidator_eventgrid::pull::{PullConfig, PullSource};
 use keyvault_invalidator_eventgrid::webhook::{EntraIdConfig, WebhookConfig, WebhookSource};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
 use keyvault_invalidator_secrets::azure_core::credentials::TokenCredential;
+use keyvault_invalidator_secrets::azure_core::http::ClientOptions;
 use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 
 use crate::config::{
@@ -47,6 +48,8 @@ pub struct VaultAccess {
     pub provider: Arc<dyn SecretProvider>,
     /// The `[vault]` credential, built on first use.
     pub credential: Box<dyn Fn() -> Result<Arc<dyn TokenCredential>, AgentError> + Send + Sync>,
+    /// The Azure SDK client options of the Event Grid pull transport, when not the defaults.
+    pub client_options: Option<ClientOptions>,
 }
 
 /// Starts the transport `settings.transport` names (binding the webhook's listener, for the
@@ -197,6 +200,10 @@ fn pull_config(
         text(&settings.topic),
         text(&settings.subscription),
     );
+    let builder = match &vault.client_options {
+        Some(options) => builder.client_options(options.clone()),
+        None => builder,
+    };
     let builder = match &settings.access_key {
         Some(key) => builder.access_key(key.expose()),
         None => builder.credential((vault.credential)()?),
