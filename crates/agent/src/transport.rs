@@ -18,8 +18,8 @@ use keyvault_invalidator_secrets::azure_core::http::ClientOptions;
 use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 
 use crate::config::{
-    EventGridPullSettings, EventGridWebhookSettings, RabbitMqSettings, ServiceBusRegistration, ServiceBusSettings, Settings,
-    TransportSettings,
+    EventGridPullSettings, EventGridWebhookSettings, RabbitMqSettings, ServiceBusRegistration,
+    ServiceBusSettings, Settings, TransportSettings,
 };
 use crate::error::{AgentError, AgentErrorKind};
 use crate::runtime::AgentCache;
@@ -212,16 +212,13 @@ fn pull_config(
 }
 
 fn webhook_config(settings: &EventGridWebhookSettings) -> Result<WebhookConfig, AgentError> {
-    // `check` made `listen` required; the default only keeps this free of a panic path.
-    let listen = settings
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listen = settings.listen.ok_or_else(|| {
+        AgentError::config("transport.listen is required for kind = \"eventgrid-webhook\"")
+    })?;
     let mut config = WebhookConfig::new(listen);
     config = match (&settings.tls_cert_file, &settings.tls_key_file) {
         (Some(cert), Some(key)) => config.tls(cert, key),
-        _ if settings.plain_http_allowing_non_loopback => {
-            config.plain_http_allowing_non_loopback()
-        }
+        _ if settings.plain_http_allowing_non_loopback => config.plain_http_allowing_non_loopback(),
         _ => config.plain_http(),
     };
     if let Some(secret) = &settings.shared_secret {

@@ -11,38 +11,9 @@ use keyvault_invalidator_agent::config::Settings;
 use keyvault_invalidator_agent::Agent;
 use keyvault_invalidator_testkit::eventgrid_namespace::{NamespaceStandIn, Operation};
 use keyvault_invalidator_testkit::eventgrid_push::{EventGridPusher, PushOutcome, RetrySchedule};
-use keyvault_invalidator_testkit::{InMemoryVault, KeyVaultEventBuilder};
+use keyvault_invalidator_testkit::InMemoryVault;
 
-use common::{secret_body, PATIENCE, TOKEN, VAULT};
-
-const WEBHOOK_SECRET: &str = "webhook-Secret_0123";
-
-fn webhook_toml() -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[vault]\nname = \"{VAULT}\"\n\
-         [transport]\nkind = \"eventgrid-webhook\"\nlisten = \"127.0.0.1:0\"\nplain_http = true\n\
-         shared_secret = \"{WEBHOOK_SECRET}\"\n"
-    )
-}
-
-fn event(name: &str, version: &str, id: &str) -> KeyVaultEventBuilder {
-    KeyVaultEventBuilder::secret_new_version(name)
-        .vault(VAULT)
-        .version(version)
-        .id(id)
-}
-
-/// `(status, body)` of `GET /v1/secrets/{name}`.
-async fn read(client: &reqwest::Client, base: &str, name: &str) -> (u16, serde_json::Value) {
-    let response = client
-        .get(format!("{base}/v1/secrets/{name}"))
-        .header("X-KVI-Token", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
+use common::{event, read, secret_body, webhook_toml, PATIENCE, VAULT, WEBHOOK_SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_push_is_answered_200_once_the_agent_serves_the_new_version() {
@@ -72,7 +43,9 @@ async fn a_webhook_push_is_answered_200_once_the_agent_serves_the_new_version() 
     ))
     .unwrap()
     .retry_schedule(RetrySchedule::fast(Duration::from_millis(50), 5));
-    let body = event("db-password", &v2, "webhook-1").now().event_grid_bytes();
+    let body = event("db-password", &v2, "webhook-1")
+        .now()
+        .event_grid_bytes();
     let outcome = pusher.push_events("webhook-1", &[&body]).await;
     assert!(
         matches!(
@@ -95,7 +68,9 @@ async fn a_webhook_push_is_answered_200_once_the_agent_serves_the_new_version() 
 
     // Without the secret, or with a wrong one: 401, and nothing reaches the job.
     let v3 = vault.rotate("db-password", "third-password");
-    let unsigned = event("db-password", &v3, "webhook-2").now().event_grid_bytes();
+    let unsigned = event("db-password", &v3, "webhook-2")
+        .now()
+        .event_grid_bytes();
     for url in [
         format!("http://{webhook}/api/events"),
         format!("http://{webhook}/api/events?code=not-the-secret"),
@@ -104,7 +79,10 @@ async fn a_webhook_push_is_answered_200_once_the_agent_serves_the_new_version() 
             .post(&url)
             .header("aeg-event-type", "Notification")
             .header("content-type", "application/json")
-            .body(format!("[{}]", String::from_utf8(unsigned.clone()).unwrap()))
+            .body(format!(
+                "[{}]",
+                String::from_utf8(unsigned.clone()).unwrap()
+            ))
             .send()
             .await
             .unwrap();

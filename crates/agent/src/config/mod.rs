@@ -36,9 +36,9 @@ use crate::error::AgentError;
 pub use env::{ENV_OVERRIDES, TOKEN_ENV};
 pub use masked::Masked;
 pub use sections::{
-    CacheMode, CacheSettings, Credential, EventGridPullSettings, EventGridWebhookSettings, NameSettings, RabbitMqSettings,
-    ServerSettings, ServiceBusRegistration, ServiceBusSettings, TransportSettings, VaultSettings,
-    DEFAULT_LISTEN,
+    CacheMode, CacheSettings, Credential, EventGridPullSettings, EventGridWebhookSettings,
+    NameSettings, RabbitMqSettings, ServerSettings, ServiceBusRegistration, ServiceBusSettings,
+    TransportSettings, VaultSettings, DEFAULT_LISTEN,
 };
 pub use token::{ApiToken, TokenSource};
 

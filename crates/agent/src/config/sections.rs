@@ -503,7 +503,10 @@ impl EventGridWebhookSettings {
             ("transport.shared_secret", &self.shared_secret),
             ("transport.second_shared_secret", &self.second_shared_secret),
         ] {
-            if secret.as_ref().is_some_and(|s| s.expose().trim().is_empty()) {
+            if secret
+                .as_ref()
+                .is_some_and(|s| s.expose().trim().is_empty())
+            {
                 return Err(AgentError::config(format!("{key} cannot be empty")));
             }
         }

@@ -274,7 +274,10 @@ fn a_masked_setting_reads_a_file_reference() {
     let masked = Masked::new(format!("file://{}", path.display()));
     use secrecy::ExposeSecret as _;
     assert_eq!(
-        masked.resolve("transport.shared_secret").unwrap().expose_secret(),
+        masked
+            .resolve("transport.shared_secret")
+            .unwrap()
+            .expose_secret(),
         "from-a-file"
     );
     std::fs::remove_file(&path).unwrap();
@@ -409,4 +412,33 @@ fn the_token_comes_from_the_environment_or_a_file() {
         "no API token: set KVI_AGENT_TOKEN (a value, or file://PATH) or server.token_file"
     );
     assert_eq!(ApiToken::generate().expose().len(), 32);
+}
+
+#[test]
+fn the_readmes_transport_examples_are_valid() {
+    let readme = include_str!("../../README.md");
+    let examples: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.starts_with("[transport]"))
+        .collect();
+    let kinds: Vec<&str> = examples
+        .iter()
+        .map(|example| {
+            Settings::from_toml_str(example, "README.md", no_env)
+                .unwrap_or_else(|e| panic!("{e}\n{example}"))
+                .transport
+                .kind()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "servicebus",
+            "rabbitmq",
+            "eventgrid-pull",
+            "eventgrid-webhook"
+        ]
+    );
 }

@@ -133,3 +133,36 @@ pub fn secret_body(
         "not_before": null,
     })
 }
+
+/// The shared secret of [`webhook_toml`]'s webhook.
+pub const WEBHOOK_SECRET: &str = "webhook-Secret_0123";
+
+/// An agent on a free loopback port whose transport is an Event Grid webhook: plain HTTP on
+/// another free loopback port, [`WEBHOOK_SECRET`] required, events from [`VAULT`].
+pub fn webhook_toml() -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[vault]\nname = \"{VAULT}\"\n\
+         [transport]\nkind = \"eventgrid-webhook\"\nlisten = \"127.0.0.1:0\"\nplain_http = true\n\
+         shared_secret = \"{WEBHOOK_SECRET}\"\n"
+    )
+}
+
+/// Key Vault's `SecretNewVersionCreated` for `name` at `version` from [`VAULT`], id `id`.
+pub fn event(name: &str, version: &str, id: &str) -> KeyVaultEventBuilder {
+    KeyVaultEventBuilder::secret_new_version(name)
+        .vault(VAULT)
+        .version(version)
+        .id(id)
+}
+
+/// `(status, body)` of `GET {base}/v1/secrets/{name}` with the token.
+pub async fn read(client: &reqwest::Client, base: &str, name: &str) -> (u16, serde_json::Value) {
+    let response = client
+        .get(format!("{base}/v1/secrets/{name}"))
+        .header("X-KVI-Token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
