@@ -4,38 +4,19 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use keyvault_invalidator_agent::config::Settings;
-use keyvault_invalidator_agent::Agent;
 use keyvault_invalidator_testkit::eventgrid_push::{EventGridPusher, PushOutcome, RetrySchedule};
-use keyvault_invalidator_testkit::InMemoryVault;
 
-use common::{event, read, webhook_toml, WEBHOOK_SECRET};
+use common::{event, read, WEBHOOK_SECRET};
 
 const WRONG_SECRET: &str = "wrong-Secret_4567";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_webhook_secret_reaches_the_logs_at_trace() {
-    // Global, this test binary's only test: the agent's tasks run on every worker thread.
-    let path =
-        std::env::temp_dir().join(format!("kvi-agent-webhook-logs-{}.txt", std::process::id()));
-    let file = std::fs::File::create(&path).unwrap();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(file)
-        .with_ansi(false)
-        .init();
-
-    let settings = Settings::from_toml_str(&webhook_toml(), "webhook.toml", |_| None).unwrap();
-    let vault = InMemoryVault::new();
-    vault.set("db-password", "first-password");
-    let agent = Agent::start_with_provider(settings, common::token(), Arc::new(vault.clone()))
-        .await
-        .unwrap();
-    let base = format!("http://{}", agent.local_addr());
-    let webhook = agent.webhook_addr().unwrap();
+    // This test binary's only test: the agent's tasks run on every worker thread.
+    let path = common::capture_trace_logs("webhook-logs");
+    let (agent, vault, base, webhook) = common::start_webhook_agent().await;
     let client = common::client();
     assert_eq!(read(&client, &base, "db-password").await.0, 200);
 

@@ -26,6 +26,7 @@ mod env;
 mod masked;
 mod sections;
 mod token;
+mod webhook;
 
 use std::path::Path;
 
@@ -36,11 +37,12 @@ use crate::error::AgentError;
 pub use env::{ENV_OVERRIDES, TOKEN_ENV};
 pub use masked::Masked;
 pub use sections::{
-    CacheMode, CacheSettings, Credential, EventGridPullSettings, EventGridWebhookSettings,
-    NameSettings, RabbitMqSettings, ServerSettings, ServiceBusRegistration, ServiceBusSettings,
-    TransportSettings, VaultSettings, DEFAULT_LISTEN,
+    CacheMode, CacheSettings, Credential, EventGridPullSettings, NameSettings, RabbitMqSettings,
+    ServerSettings, ServiceBusRegistration, ServiceBusSettings, TransportSettings, VaultSettings,
+    DEFAULT_LISTEN,
 };
 pub use token::{ApiToken, TokenSource};
+pub use webhook::EventGridWebhookSettings;
 
 /// Everything the agent is configured with. Every section and key is optional; unknown keys
 /// are refused.

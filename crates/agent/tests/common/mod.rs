@@ -147,6 +147,33 @@ pub fn webhook_toml() -> String {
     )
 }
 
+/// An agent started from [`webhook_toml`] over an in-memory vault holding `db-password` =
+/// `first-password`: the agent, the vault, the API's base URL and the webhook's address.
+pub async fn start_webhook_agent() -> (Agent, InMemoryVault, String, std::net::SocketAddr) {
+    let settings = Settings::from_toml_str(&webhook_toml(), "webhook.toml", |_| None).unwrap();
+    let vault = InMemoryVault::new();
+    vault.set("db-password", "first-password");
+    let agent = Agent::start_with_provider(settings, token(), Arc::new(vault.clone()))
+        .await
+        .expect("the agent starts");
+    let base = format!("http://{}", agent.local_addr());
+    let webhook = agent.webhook_addr().expect("the webhook is bound");
+    (agent, vault, base, webhook)
+}
+
+/// Sends every log event of every crate, at `trace`, to a new file in the temporary directory
+/// named after `what`; returns its path. Global: one such test per test binary.
+pub fn capture_trace_logs(what: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("kvi-agent-{what}-{}.txt", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(file)
+        .with_ansi(false)
+        .init();
+    path
+}
+
 /// Key Vault's `SecretNewVersionCreated` for `name` at `version` from [`VAULT`], id `id`.
 pub fn event(name: &str, version: &str, id: &str) -> KeyVaultEventBuilder {
     KeyVaultEventBuilder::secret_new_version(name)
