@@ -11,7 +11,9 @@ use keyvault_invalidator_core::{
     CancellationToken, EventSource, Job, JobHandle, KeyVaultInvalidator, SecretProvider,
 };
 use keyvault_invalidator_eventgrid::pull::{PullConfig, PullSource};
-use keyvault_invalidator_eventgrid::webhook::{EntraIdConfig, WebhookConfig, WebhookSource};
+use keyvault_invalidator_eventgrid::webhook::{
+    EntraIdConfig, WebhookConfig, WebhookError, WebhookErrorKind, WebhookSource,
+};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
 use keyvault_invalidator_secrets::azure_core::credentials::TokenCredential;
 use keyvault_invalidator_secrets::azure_core::http::ClientOptions;
@@ -89,13 +91,7 @@ pub async fn spawn(
         TransportSettings::EventGridWebhook(webhook) => {
             let source = WebhookSource::bind(webhook_config(webhook)?)
                 .await
-                .map_err(|e| {
-                    AgentError::new(
-                        AgentErrorKind::Bind,
-                        format!("transport: the Event Grid webhook: {e}"),
-                    )
-                    .with_source(e)
-                })?;
+                .map_err(webhook_error)?;
             let webhook_addr = Some(source.local_addr());
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
@@ -238,4 +234,15 @@ fn webhook_config(settings: &EventGridWebhookSettings) -> Result<WebhookConfig, 
         config = config.without_authentication();
     }
     Ok(config)
+}
+
+/// The agent's error for a webhook that cannot start, classified by the webhook's kind: its
+/// address (`Bind`), its configuration (`Config`), its certificate files (`Setup`).
+fn webhook_error(error: WebhookError) -> AgentError {
+    let kind = match error.kind() {
+        WebhookErrorKind::Bind => AgentErrorKind::Bind,
+        WebhookErrorKind::InvalidConfig => AgentErrorKind::Config,
+        _ => AgentErrorKind::Setup,
+    };
+    AgentError::new(kind, format!("transport: the Event Grid webhook: {error}")).with_source(error)
 }

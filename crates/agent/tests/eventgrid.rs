@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyvault_invalidator_agent::config::Settings;
-use keyvault_invalidator_agent::Agent;
+use keyvault_invalidator_agent::{Agent, AgentErrorKind};
 use keyvault_invalidator_testkit::eventgrid_namespace::{NamespaceStandIn, Operation};
 use keyvault_invalidator_testkit::eventgrid_push::{EventGridPusher, PushOutcome, RetrySchedule};
 use keyvault_invalidator_testkit::InMemoryVault;
@@ -167,4 +167,43 @@ async fn a_pulled_event_is_served_and_acknowledged_once() {
     assert_eq!(standin.calls(Operation::Acknowledge), 1);
     assert_eq!(standin.ready_count("keyvault-events", "kvi-agent"), 0);
     assert_eq!(standin.locked_count("keyvault-events", "kvi-agent"), 0);
+}
+
+#[tokio::test]
+async fn a_webhook_that_cannot_start_says_why_by_kind() {
+    let start = |transport: String| async move {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[transport]\nkind = \"eventgrid-webhook\"\n\
+             shared_secret = \"{WEBHOOK_SECRET}\"\n{transport}"
+        );
+        let settings = Settings::from_toml_str(&text, "webhook.toml", |_| None).unwrap();
+        Agent::start_with_provider(settings, common::token(), Arc::new(InMemoryVault::new()))
+            .await
+            .unwrap_err()
+    };
+    // The address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let error = start(format!("listen = \"{address}\"\nplain_http = true\n")).await;
+    assert_eq!(error.kind(), AgentErrorKind::Bind);
+    assert!(
+        error
+            .to_string()
+            .starts_with("transport: the Event Grid webhook: webhook could not listen"),
+        "{error}"
+    );
+    // The certificate files are missing.
+    let missing = std::env::temp_dir().join(format!("kvi-agent-no-such-{}", std::process::id()));
+    let error = start(format!(
+        "listen = \"127.0.0.1:0\"\ntls_cert_file = \"{0}.crt\"\ntls_key_file = \"{0}.key\"\n",
+        missing.display()
+    ))
+    .await;
+    assert_eq!(error.kind(), AgentErrorKind::Setup);
+    assert!(
+        error
+            .to_string()
+            .starts_with("transport: the Event Grid webhook: webhook TLS setup failed"),
+        "{error}"
+    );
 }
