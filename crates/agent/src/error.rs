@@ -19,8 +19,6 @@ pub struct AgentError {
 pub enum AgentErrorKind {
     /// The configuration file or an environment override is invalid (the message names the key).
     Config,
-    /// A setting names something this build does not offer yet (an Event Grid transport).
-    Unsupported,
     /// The API token could not be read, or is unusable.
     Token,
     /// The listen address could not be bound.
@@ -33,7 +31,6 @@ impl fmt::Display for AgentErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             AgentErrorKind::Config => "invalid configuration",
-            AgentErrorKind::Unsupported => "not available in this build",
             AgentErrorKind::Token => "unusable API token",
             AgentErrorKind::Bind => "cannot listen",
             AgentErrorKind::Setup => "cannot set up",

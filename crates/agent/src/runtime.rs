@@ -9,6 +9,7 @@ use keyvault_invalidator_core::{
 };
 use keyvault_invalidator_moka::{CachedSecretProvider, RefreshMode};
 use keyvault_invalidator_secrets::azure_core::credentials::TokenCredential;
+use keyvault_invalidator_secrets::azure_core::http::ClientOptions;
 use keyvault_invalidator_secrets::{credential, KeyVaultProvider};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -45,6 +46,7 @@ pub type AgentCache = CachedSecretProvider<Arc<dyn SecretProvider>>;
 #[derive(Debug)]
 pub struct Agent {
     address: SocketAddr,
+    webhook_addr: Option<SocketAddr>,
     cache: AgentCache,
     job: Option<JobHandle>,
     shutdown: CancellationToken,
@@ -72,6 +74,19 @@ impl Agent {
         token: ApiToken,
         provider: Arc<dyn SecretProvider>,
     ) -> Result<Agent, AgentError> {
+        Self::start_with_provider_and_client_options(settings, token, provider, None).await
+    }
+
+    /// [`start_with_provider`](Self::start_with_provider), with the Azure SDK client options
+    /// (its HTTP transport, trusted certificates, retries) the Event Grid pull transport uses:
+    /// a test's stand-in reached through its own HTTP client, a proxy. `None` keeps the SDK's
+    /// defaults.
+    pub async fn start_with_provider_and_client_options(
+        settings: Settings,
+        token: ApiToken,
+        provider: Arc<dyn SecretProvider>,
+        client_options: Option<ClientOptions>,
+    ) -> Result<Agent, AgentError> {
         settings.check()?;
         let shutdown = CancellationToken::new();
         let cache = build_cache(&settings, provider.clone());
@@ -79,8 +94,9 @@ impl Agent {
         let access = VaultAccess {
             provider,
             credential: Box::new(move || credential_for(&vault_settings)),
+            client_options,
         };
-        let events = transport::spawn(&settings, &cache, &access, &shutdown)?;
+        let events = transport::spawn(&settings, &cache, &access, &shutdown).await?;
         Self::serve(settings, token, cache, events, shutdown).await
     }
 
@@ -98,7 +114,7 @@ impl Agent {
         let job = transport::spawn_job(source, &settings, &cache, &shutdown)?;
         let events = Events {
             job: Some(job),
-            connected_gauge: None,
+            ..Events::default()
         };
         Self::serve(settings, token, cache, events, shutdown).await
     }
@@ -145,6 +161,7 @@ impl Agent {
         tracing::info!(%address, transport = settings.transport.kind(), "kvi-agent listening");
         Ok(Agent {
             address,
+            webhook_addr: events.webhook_addr,
             cache,
             job: events.job,
             shutdown,
@@ -155,6 +172,12 @@ impl Agent {
     /// The address the server listens on (the OS's choice for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The Event Grid webhook's address (the OS's choice for port 0), with
+    /// `transport.kind = "eventgrid-webhook"`.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_addr
     }
 
     /// The cache the server reads from.

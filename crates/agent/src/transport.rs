@@ -2,21 +2,26 @@
 //! core `Job` over that transport's source.
 //!
 //! Adding a transport is one arm in [`spawn`] (build its config, call [`spawn_job`]) and its
-//! `connected` gauge; the Event Grid webhook is refused until it is wired so.
+//! `connected` gauge.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use keyvault_invalidator_core::{
     CancellationToken, EventSource, Job, JobHandle, KeyVaultInvalidator, SecretProvider,
 };
 use keyvault_invalidator_eventgrid::pull::{PullConfig, PullSource};
+use keyvault_invalidator_eventgrid::webhook::{
+    EntraIdConfig, WebhookConfig, WebhookError, WebhookErrorKind, WebhookSource,
+};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
 use keyvault_invalidator_secrets::azure_core::credentials::TokenCredential;
+use keyvault_invalidator_secrets::azure_core::http::ClientOptions;
 use keyvault_invalidator_servicebus::{ServiceBusConfig, ServiceBusSource};
 
 use crate::config::{
-    EventGridPullSettings, RabbitMqSettings, ServiceBusRegistration, ServiceBusSettings, Settings,
-    TransportSettings,
+    EventGridPullSettings, EventGridWebhookSettings, RabbitMqSettings, ServiceBusRegistration,
+    ServiceBusSettings, Settings, TransportSettings,
 };
 use crate::error::{AgentError, AgentErrorKind};
 use crate::runtime::AgentCache;
@@ -34,6 +39,8 @@ pub struct Events {
     pub job: Option<JobHandle>,
     /// The transport's `..._connected` gauge, for `/readyz`.
     pub connected_gauge: Option<&'static str>,
+    /// The Event Grid webhook's bound address, with `transport.kind = "eventgrid-webhook"`.
+    pub webhook_addr: Option<SocketAddr>,
 }
 
 /// What a transport may need from the vault side: the credential (Service Bus with a managed
@@ -43,10 +50,13 @@ pub struct VaultAccess {
     pub provider: Arc<dyn SecretProvider>,
     /// The `[vault]` credential, built on first use.
     pub credential: Box<dyn Fn() -> Result<Arc<dyn TokenCredential>, AgentError> + Send + Sync>,
+    /// The Azure SDK client options of the Event Grid pull transport, when not the defaults.
+    pub client_options: Option<ClientOptions>,
 }
 
-/// Starts the transport `settings.transport` names.
-pub fn spawn(
+/// Starts the transport `settings.transport` names (binding the webhook's listener, for the
+/// Event Grid webhook).
+pub async fn spawn(
     settings: &Settings,
     cache: &AgentCache,
     vault: &VaultAccess,
@@ -59,6 +69,7 @@ pub fn spawn(
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
                 connected_gauge: Some("keyvault_invalidator_servicebus_connected"),
+                webhook_addr: None,
             })
         }
         TransportSettings::RabbitMq(rabbit) => {
@@ -66,6 +77,7 @@ pub fn spawn(
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
                 connected_gauge: Some("keyvault_invalidator_rabbitmq_connected"),
+                webhook_addr: None,
             })
         }
         TransportSettings::EventGridPull(pull) => {
@@ -73,15 +85,22 @@ pub fn spawn(
             Ok(Events {
                 job: Some(spawn_job(source, settings, cache, shutdown)?),
                 connected_gauge: Some("keyvault_invalidator_eventgrid_pull_connected"),
+                webhook_addr: None,
             })
         }
-        other => Err(AgentError::new(
-            AgentErrorKind::Unsupported,
-            format!(
-                "transport.kind = \"{}\" is not available in this build yet",
-                other.kind()
-            ),
-        )),
+        TransportSettings::EventGridWebhook(webhook) => {
+            let source = WebhookSource::bind(webhook_config(webhook)?)
+                .await
+                .map_err(webhook_error)?;
+            let webhook_addr = Some(source.local_addr());
+            Ok(Events {
+                job: Some(spawn_job(source, settings, cache, shutdown)?),
+                // Connected once bound, which it is before the API answers: `/readyz` then
+                // follows the job alone.
+                connected_gauge: None,
+                webhook_addr,
+            })
+        }
     }
 }
 
@@ -177,9 +196,53 @@ fn pull_config(
         text(&settings.topic),
         text(&settings.subscription),
     );
+    let builder = match &vault.client_options {
+        Some(options) => builder.client_options(options.clone()),
+        None => builder,
+    };
     let builder = match &settings.access_key {
         Some(key) => builder.access_key(key.expose()),
         None => builder.credential((vault.credential)()?),
     };
     builder.build().map_err(config_error)
+}
+
+fn webhook_config(settings: &EventGridWebhookSettings) -> Result<WebhookConfig, AgentError> {
+    let listen = settings.listen.ok_or_else(|| {
+        AgentError::config("transport.listen is required for kind = \"eventgrid-webhook\"")
+    })?;
+    let mut config = WebhookConfig::new(listen);
+    config = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => config.tls(cert, key),
+        _ if settings.plain_http_allowing_non_loopback => config.plain_http_allowing_non_loopback(),
+        _ => config.plain_http(),
+    };
+    if let Some(secret) = &settings.shared_secret {
+        config = config.shared_secret(secret.resolve("transport.shared_secret")?);
+    }
+    if let Some(secret) = &settings.second_shared_secret {
+        config =
+            config.also_accept_shared_secret(secret.resolve("transport.second_shared_secret")?);
+    }
+    if let Some(name) = &settings.query_parameter {
+        config = config.query_parameter(name.trim());
+    }
+    if let (Some(tenant), Some(audience)) = (&settings.entra_tenant, &settings.entra_audience) {
+        config = config.entra_id(EntraIdConfig::new(tenant.trim(), audience.trim()));
+    }
+    if settings.without_authentication {
+        config = config.without_authentication();
+    }
+    Ok(config)
+}
+
+/// The agent's error for a webhook that cannot start, classified by the webhook's kind: its
+/// address (`Bind`), its configuration (`Config`), its certificate files (`Setup`).
+fn webhook_error(error: WebhookError) -> AgentError {
+    let kind = match error.kind() {
+        WebhookErrorKind::Bind => AgentErrorKind::Bind,
+        WebhookErrorKind::InvalidConfig => AgentErrorKind::Config,
+        _ => AgentErrorKind::Setup,
+    };
+    AgentError::new(kind, format!("transport: the Event Grid webhook: {error}")).with_source(error)
 }

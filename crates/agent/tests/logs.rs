@@ -12,13 +12,7 @@ use common::{TestAgent, TOKEN};
 async fn no_secret_value_nor_token_reaches_the_logs_at_trace() {
     // Into a file (tracing-subscriber writes to a `File` as it is); global, this test binary's
     // only test: the agent's tasks run on every worker thread.
-    let path = std::env::temp_dir().join(format!("kvi-agent-logs-{}.txt", std::process::id()));
-    let file = std::fs::File::create(&path).unwrap();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(file)
-        .with_ansi(false)
-        .init();
+    let path = common::capture_trace_logs("logs");
 
     let agent = TestAgent::start().await;
     let v1 = agent.vault.current_version("db-password").unwrap();

@@ -132,6 +132,61 @@ pub const ENV_OVERRIDES: &[(&str, &str, ValueType)] = &[
         "transport.access_key",
         ValueType::Text,
     ),
+    (
+        "KVI_AGENT_WEBHOOK_LISTEN",
+        "transport.listen",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_TLS_CERT_FILE",
+        "transport.tls_cert_file",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_TLS_KEY_FILE",
+        "transport.tls_key_file",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_PLAIN_HTTP",
+        "transport.plain_http",
+        ValueType::Boolean,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_PLAIN_HTTP_ALLOWING_NON_LOOPBACK",
+        "transport.plain_http_allowing_non_loopback",
+        ValueType::Boolean,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_SHARED_SECRET",
+        "transport.shared_secret",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_SECOND_SHARED_SECRET",
+        "transport.second_shared_secret",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_QUERY_PARAMETER",
+        "transport.query_parameter",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_ENTRA_TENANT",
+        "transport.entra_tenant",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_ENTRA_AUDIENCE",
+        "transport.entra_audience",
+        ValueType::Text,
+    ),
+    (
+        "KVI_AGENT_WEBHOOK_WITHOUT_AUTHENTICATION",
+        "transport.without_authentication",
+        ValueType::Boolean,
+    ),
 ];
 
 /// Applies every variable `env` returns a value for; returns the names of those applied.

@@ -26,6 +26,7 @@ mod env;
 mod masked;
 mod sections;
 mod token;
+mod webhook;
 
 use std::path::Path;
 
@@ -41,6 +42,7 @@ pub use sections::{
     DEFAULT_LISTEN,
 };
 pub use token::{ApiToken, TokenSource};
+pub use webhook::EventGridWebhookSettings;
 
 /// Everything the agent is configured with. Every section and key is optional; unknown keys
 /// are refused.

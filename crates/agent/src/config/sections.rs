@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Masked;
-use crate::error::{AgentError, AgentErrorKind};
+use crate::error::AgentError;
 
 /// The default listen address: loopback, the port the AWS Secrets Manager Agent uses too.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -255,9 +255,9 @@ pub enum TransportSettings {
     /// A RabbitMQ exchange the events are published to.
     #[serde(rename = "rabbitmq")]
     RabbitMq(RabbitMqSettings),
-    /// A webhook Event Grid pushes to: not wired into the agent yet (its keys are not checked).
+    /// A webhook Event Grid pushes to, on a listener of its own.
     #[serde(rename = "eventgrid-webhook")]
-    EventGridWebhook(toml::Table),
+    EventGridWebhook(super::EventGridWebhookSettings),
     /// Pull delivery from an Event Grid namespace topic's queue-mode subscription.
     #[serde(rename = "eventgrid-pull")]
     EventGridPull(EventGridPullSettings),
@@ -281,14 +281,7 @@ impl TransportSettings {
             TransportSettings::ServiceBus(settings) => settings.check(),
             TransportSettings::RabbitMq(settings) => settings.check(),
             TransportSettings::EventGridPull(settings) => settings.check(),
-            TransportSettings::EventGridWebhook(_) => Err(AgentError::new(
-                AgentErrorKind::Unsupported,
-                format!(
-                    "transport.kind = \"{}\" is not available in this build yet; use \
-                     \"servicebus\", \"rabbitmq\", \"eventgrid-pull\" or \"none\"",
-                    self.kind()
-                ),
-            )),
+            TransportSettings::EventGridWebhook(settings) => settings.check(),
         }
     }
 }
@@ -432,7 +425,7 @@ fn positive(key: &str, value: u64) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn required(key: &str, value: &Option<String>) -> Result<(), AgentError> {
+pub(super) fn required(key: &str, value: &Option<String>) -> Result<(), AgentError> {
     match value.as_deref().map(str::trim) {
         Some(value) if !value.is_empty() => Ok(()),
         _ => Err(AgentError::config(format!("{key} is required"))),

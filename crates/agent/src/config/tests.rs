@@ -192,13 +192,103 @@ fn a_non_loopback_listen_address_needs_to_be_asked_for_by_name() {
 }
 
 #[test]
-fn the_event_grid_webhook_is_refused_for_now() {
-    let text = "[transport]\nkind = \"eventgrid-webhook\"\npath = \"/events\"\n";
-    let error = Settings::from_toml_str(text, "x.toml", no_env).unwrap_err();
-    assert_eq!(error.kind(), AgentErrorKind::Unsupported);
+fn the_event_grid_webhook_needs_a_transport_and_an_authentication() {
+    let text = "[transport]\nkind = \"eventgrid-webhook\"\nlisten = \"127.0.0.1:8443\"\nplain_http = true\nshared_secret = \"webhook-secret-1\"\nsecond_shared_secret = \"webhook-secret-2\"\n";
+    let settings = Settings::from_toml_str(text, "x.toml", no_env).unwrap();
+    assert_eq!(settings.transport.kind(), "eventgrid-webhook");
+    let printed = settings.to_masked_toml();
+    assert!(!printed.contains("webhook-secret"), "{printed}");
+    assert!(printed.contains("shared_secret = \"***\""), "{printed}");
+    assert!(!format!("{settings:?}").contains("webhook-secret"));
+
+    let refused = |text: &str| {
+        Settings::from_toml_str(text, "x.toml", no_env)
+            .unwrap_err()
+            .to_string()
+    };
+    let head = "[transport]\nkind = \"eventgrid-webhook\"\n";
     assert_eq!(
-        error.to_string(),
-        "transport.kind = \"eventgrid-webhook\" is not available in this build yet; use \"servicebus\", \"rabbitmq\", \"eventgrid-pull\" or \"none\""
+        refused(&format!("{head}plain_http = true\nshared_secret = \"s\"\n")),
+        "transport.listen is required for kind = \"eventgrid-webhook\" (or KVI_AGENT_WEBHOOK_LISTEN)"
+    );
+    assert_eq!(
+        refused(&format!("{head}listen = \"127.0.0.1:8443\"\nplain_http = true\n")),
+        "transport: the webhook needs an authentication: shared_secret (KVI_AGENT_WEBHOOK_SHARED_SECRET) and/or entra_tenant + entra_audience, or, only behind a proxy that authenticates, without_authentication = true"
+    );
+    assert!(refused(&format!(
+        "{head}listen = \"0.0.0.0:8443\"\nplain_http = true\nshared_secret = \"s\"\n"
+    ))
+    .starts_with("transport.listen: `0.0.0.0:8443` is not a loopback address"));
+    assert_eq!(
+        refused(&format!("{head}listen = \"0.0.0.0:8443\"\nshared_secret = \"s\"\n")),
+        "transport: choose tls_cert_file + tls_key_file, or plain_http = true behind a TLS-terminating proxy on loopback"
+    );
+    assert_eq!(
+        refused(&format!(
+            "{head}listen = \"0.0.0.0:8443\"\nplain_http_allowing_non_loopback = true\nentra_tenant = \"t\"\n"
+        )),
+        "transport: set both entra_tenant and entra_audience, or neither"
+    );
+    // Named settings allow what the defaults refuse.
+    let settings = Settings::from_toml_str(
+        &format!("{head}listen = \"0.0.0.0:8443\"\nplain_http_allowing_non_loopback = true\nwithout_authentication = true\n"),
+        "x.toml",
+        no_env,
+    )
+    .unwrap();
+    assert_eq!(settings.transport.kind(), "eventgrid-webhook");
+}
+
+#[test]
+fn the_event_grid_webhook_takes_its_settings_from_the_environment() {
+    let env = |name: &str| match name {
+        "KVI_AGENT_TRANSPORT" => Some("eventgrid-webhook".to_owned()),
+        "KVI_AGENT_WEBHOOK_LISTEN" => Some("0.0.0.0:8443".to_owned()),
+        "KVI_AGENT_WEBHOOK_TLS_CERT_FILE" => Some("/etc/webhook/cert.pem".to_owned()),
+        "KVI_AGENT_WEBHOOK_TLS_KEY_FILE" => Some("/etc/webhook/key.pem".to_owned()),
+        "KVI_AGENT_WEBHOOK_SHARED_SECRET" => Some("file:///run/secrets/webhook".to_owned()),
+        "KVI_AGENT_WEBHOOK_ENTRA_TENANT" => Some("my-tenant".to_owned()),
+        "KVI_AGENT_WEBHOOK_ENTRA_AUDIENCE" => Some("api://kvi-agent".to_owned()),
+        _ => None,
+    };
+    let settings = Settings::from_env(env).unwrap();
+    let TransportSettings::EventGridWebhook(webhook) = &settings.transport else {
+        panic!("{:?}", settings.transport);
+    };
+    assert_eq!(webhook.listen, Some("0.0.0.0:8443".parse().unwrap()));
+    assert_eq!(
+        webhook.tls_cert_file.as_deref(),
+        Some(std::path::Path::new("/etc/webhook/cert.pem"))
+    );
+    assert_eq!(
+        webhook.shared_secret.as_ref().map(Masked::expose),
+        Some("file:///run/secrets/webhook")
+    );
+    assert_eq!(webhook.entra_audience.as_deref(), Some("api://kvi-agent"));
+}
+
+#[test]
+fn a_masked_setting_reads_a_file_reference() {
+    let path = std::env::temp_dir().join(format!("kvi-agent-secret-{}", std::process::id()));
+    std::fs::write(&path, "from-a-file\n").unwrap();
+    let masked = Masked::new(format!("file://{}", path.display()));
+    use secrecy::ExposeSecret as _;
+    assert_eq!(
+        masked
+            .resolve("transport.shared_secret")
+            .unwrap()
+            .expose_secret(),
+        "from-a-file"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let error = masked.resolve("transport.shared_secret").unwrap_err();
+    assert_eq!(error.kind(), AgentErrorKind::Config);
+    assert!(error
+        .to_string()
+        .starts_with("transport.shared_secret: cannot read the file "));
+    assert_eq!(
+        Masked::new("inline").resolve("k").unwrap().expose_secret(),
+        "inline"
     );
 }
 
@@ -322,4 +412,33 @@ fn the_token_comes_from_the_environment_or_a_file() {
         "no API token: set KVI_AGENT_TOKEN (a value, or file://PATH) or server.token_file"
     );
     assert_eq!(ApiToken::generate().expose().len(), 32);
+}
+
+#[test]
+fn the_readmes_transport_examples_are_valid() {
+    let readme = include_str!("../../README.md");
+    let examples: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.starts_with("[transport]"))
+        .collect();
+    let kinds: Vec<&str> = examples
+        .iter()
+        .map(|example| {
+            Settings::from_toml_str(example, "README.md", no_env)
+                .unwrap_or_else(|e| panic!("{e}\n{example}"))
+                .transport
+                .kind()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "servicebus",
+            "rabbitmq",
+            "eventgrid-pull",
+            "eventgrid-webhook"
+        ]
+    );
 }

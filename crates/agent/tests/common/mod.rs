@@ -133,3 +133,63 @@ pub fn secret_body(
         "not_before": null,
     })
 }
+
+/// The shared secret of [`webhook_toml`]'s webhook.
+pub const WEBHOOK_SECRET: &str = "webhook-Secret_0123";
+
+/// An agent on a free loopback port whose transport is an Event Grid webhook: plain HTTP on
+/// another free loopback port, [`WEBHOOK_SECRET`] required, events from [`VAULT`].
+pub fn webhook_toml() -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[vault]\nname = \"{VAULT}\"\n\
+         [transport]\nkind = \"eventgrid-webhook\"\nlisten = \"127.0.0.1:0\"\nplain_http = true\n\
+         shared_secret = \"{WEBHOOK_SECRET}\"\n"
+    )
+}
+
+/// An agent started from [`webhook_toml`] over an in-memory vault holding `db-password` =
+/// `first-password`: the agent, the vault, the API's base URL and the webhook's address.
+pub async fn start_webhook_agent() -> (Agent, InMemoryVault, String, std::net::SocketAddr) {
+    let settings = Settings::from_toml_str(&webhook_toml(), "webhook.toml", |_| None).unwrap();
+    let vault = InMemoryVault::new();
+    vault.set("db-password", "first-password");
+    let agent = Agent::start_with_provider(settings, token(), Arc::new(vault.clone()))
+        .await
+        .expect("the agent starts");
+    let base = format!("http://{}", agent.local_addr());
+    let webhook = agent.webhook_addr().expect("the webhook is bound");
+    (agent, vault, base, webhook)
+}
+
+/// Sends every log event of every crate, at `trace`, to a new file in the temporary directory
+/// named after `what`; returns its path. Global: one such test per test binary.
+pub fn capture_trace_logs(what: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("kvi-agent-{what}-{}.txt", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(file)
+        .with_ansi(false)
+        .init();
+    path
+}
+
+/// Key Vault's `SecretNewVersionCreated` for `name` at `version` from [`VAULT`], id `id`.
+pub fn event(name: &str, version: &str, id: &str) -> KeyVaultEventBuilder {
+    KeyVaultEventBuilder::secret_new_version(name)
+        .vault(VAULT)
+        .version(version)
+        .id(id)
+}
+
+/// `(status, body)` of `GET {base}/v1/secrets/{name}` with the token.
+pub async fn read(client: &reqwest::Client, base: &str, name: &str) -> (u16, serde_json::Value) {
+    let response = client
+        .get(format!("{base}/v1/secrets/{name}"))
+        .header("X-KVI-Token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
