@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use keyvault_invalidator_core::{EventSource, Settlement, SourceErrorKind};
 use keyvault_invalidator_eventgrid::pull::{PullSource, EVENT_GRID_SCOPE};
 use keyvault_invalidator_testkit::conformance::receive_some;
 use keyvault_invalidator_testkit::eventgrid_namespace::{Fault, Operation};
+use keyvault_invalidator_testkit::CapturedLogs;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,25 +49,10 @@ async fn a_missing_role_is_fatal_and_names_the_role() {
     source.close().await.unwrap();
 }
 
-/// Collects log output.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // Current-thread, so that the subscriber set for this thread sees every task's logs.
 #[tokio::test(flavor = "current_thread")]
 async fn a_wrong_key_is_fatal_names_the_problem_and_no_key_is_ever_shown() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -110,7 +93,7 @@ async fn a_wrong_key_is_fatal_names_the_problem_and_no_key_is_ever_shown() {
     right.close().await.unwrap();
     source.close().await.unwrap();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("Event Grid"),
         "the logs were captured: {logs}"

@@ -6,13 +6,13 @@
 mod support;
 
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyvault_invalidator_core::{EventSource as _, Job, KeyVaultInvalidator};
 use keyvault_invalidator_eventgrid::webhook::{WebhookConfig, WebhookSource};
 use keyvault_invalidator_moka::CachedSecretProvider;
 use keyvault_invalidator_testkit::eventgrid_push::{EventGridPusher, PushOutcome, RetrySchedule};
+use keyvault_invalidator_testkit::CapturedLogs;
 use keyvault_invalidator_testkit::InMemoryVault;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -159,23 +159,9 @@ async fn https_with_a_generated_certificate_works_end_to_end() {
     let _ = std::fs::remove_dir_all(&directory);
 }
 
-/// Log lines, captured.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn the_shared_secret_never_appears_in_logs_or_debug_output_and_requests_are_counted() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -248,7 +234,7 @@ fn the_shared_secret_never_appears_in_logs_or_debug_output_and_requests_are_coun
         ],
         "requests counted by status"
     );
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("webhook request refused: not authenticated"),
         "the refusal is logged:\n{logs}"

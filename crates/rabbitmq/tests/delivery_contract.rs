@@ -7,7 +7,6 @@ mod support;
 
 use std::error::Error as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyvault_invalidator_core::{Backoff, Delivery, EventSource, Settlement, SourceErrorKind};
@@ -15,6 +14,7 @@ use keyvault_invalidator_rabbitmq::lapin::options::{QueueDeclareOptions, QueueDe
 use keyvault_invalidator_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use keyvault_invalidator_rabbitmq::lapin::{Channel, ExchangeKind};
 use keyvault_invalidator_rabbitmq::{RabbitMqConfig, RabbitMqSource};
+use keyvault_invalidator_testkit::CapturedLogs;
 use support::proxy::Proxy;
 
 /// What every check waits at most for something that should happen.
@@ -471,27 +471,6 @@ async fn close_during_a_stalled_connect_returns_and_nothing_is_declared_afterwar
     support::remove(&url, &config).await;
 }
 
-/// What `tracing` wrote, for checking the warnings.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 // One thread: the capturing subscriber is the thread's default, and `receive` logs the loss
 // on the caller's task.
 #[tokio::test(flavor = "current_thread")]
@@ -499,7 +478,7 @@ async fn a_link_lost_mid_batch_is_logged_backed_off_and_closed_before_reconnecti
     let Some(url) = support::broker().await else {
         return;
     };
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer({
             let captured = captured.clone();

@@ -24,6 +24,7 @@ pub mod events;
 #[cfg(feature = "keyvault-standin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "keyvault-standin")))]
 pub mod keyvault_standin;
+mod logs;
 #[cfg(feature = "keyvault-standin")]
 mod loopback;
 pub mod mocks;
@@ -33,6 +34,7 @@ mod wait;
 
 pub use cache::{CacheCall, RecordingCache};
 pub use events::{KeyVaultEventBuilder, TimeStyle};
+pub use logs::CapturedLogs;
 pub use source::{
     DeadLetteredMessage, InMemoryEventSource, InMemoryPublisher, SettlementLog, SettlementRecord,
     WAIT_TIMEOUT,

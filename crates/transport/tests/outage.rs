@@ -4,36 +4,12 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyvault_invalidator_core::{SourceError, SourceErrorKind};
+use keyvault_invalidator_testkit::CapturedLogs;
 use keyvault_invalidator_transport::CloseReason;
 use support::{fake, lifecycle, refused, Event, Step};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 fn metrics(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, String)> {
     let mut metrics: Vec<(String, String)> = snapshotter
@@ -49,7 +25,7 @@ fn metrics(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, S
 // One thread: the log capture and the metrics recorder are the thread's own.
 #[tokio::test(start_paused = true)]
 async fn an_outage_is_logged_with_its_length_and_counted() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer({
             let captured = captured.clone();
